@@ -1,0 +1,21 @@
+"""googlenet: GoogLeNet (Inception v1) in PyTorch, as published and as torchvision ships it."""
+
+from googlenet.model import (
+    MIN_INPUT_SIZE,
+    GoogLeNet,
+    GoogLeNetConfig,
+    GoogLeNetOutputs,
+    create_model,
+    list_models,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MIN_INPUT_SIZE",
+    "GoogLeNet",
+    "GoogLeNetConfig",
+    "GoogLeNetOutputs",
+    "create_model",
+    "list_models",
+]

@@ -1,0 +1,127 @@
+"""Batched image augmentation on tensors, on whatever device the batch is on.
+
+The crop boxes follow the paper (section 6 of Szegedy et al., SPEC section 3): a patch of 8%-100% of the
+image area with aspect ratio in [3/4, 4/3], resized to the training size. The same sampler serves the
+per-image CPU path (one box at a time, in loader workers) and the batched device path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+# Paper: "patches of the image whose size is distributed evenly between 8% and 100% of the image area
+# with aspect ratio constrained to the interval [3/4, 4/3]".
+PAPER_CROP_SCALE = (0.08, 1.0)
+PAPER_CROP_RATIO = (3 / 4, 4 / 3)
+
+_ATTEMPTS = 10  # as torchvision's RandomResizedCrop, then fall back to a centre crop
+
+
+def random_resized_boxes(
+    heights: Tensor,
+    widths: Tensor,
+    scale: tuple[float, float] = PAPER_CROP_SCALE,
+    ratio: tuple[float, float] = PAPER_CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sample one crop box per image, as torchvision's RandomResizedCrop does, for a whole batch at once.
+
+    Area fraction uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``; up to 10 tries per image,
+    then a centre crop with the aspect ratio clamped into ``ratio``.
+
+    Args:
+        heights, widths: int64 tensors [N] of image sizes (on the CPU).
+        generator: source of randomness (CPU).
+
+    Returns:
+        float64 tensor [N, 4] of integer-valued boxes (x0, y0, x1, y1), x1 - x0 = crop width.
+    """
+    n = heights.numel()
+    h_img, w_img = heights.double().unsqueeze(1), widths.double().unsqueeze(1)
+    area = h_img * w_img * torch.empty(n, _ATTEMPTS, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n, _ATTEMPTS, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
+    aspect = torch.exp(log_r)
+    cw = torch.round(torch.sqrt(area * aspect))
+    ch = torch.round(torch.sqrt(area / aspect))
+    valid = (cw > 0) & (ch > 0) & (cw <= w_img) & (ch <= h_img)
+    first = valid.double().argmax(dim=1, keepdim=True)  # first valid try (0 where none is)
+    cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+    ok = valid.any(dim=1)
+
+    # Fallback: the largest centre crop whose aspect ratio lies in the allowed range.
+    hi, wi = heights.double(), widths.double()
+    in_ratio = wi / hi
+    fw = torch.where(in_ratio < ratio[0], wi, torch.where(in_ratio > ratio[1], torch.round(hi * ratio[1]), wi))
+    fh = torch.where(in_ratio < ratio[0], torch.round(wi / ratio[0]), hi)
+    cw, ch = torch.where(ok, cw, fw), torch.where(ok, ch, fh)
+
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    x0 = torch.where(ok, torch.floor(u[:, 0] * (wi - cw + 1)), torch.round((wi - cw) / 2))
+    y0 = torch.where(ok, torch.floor(u[:, 1] * (hi - ch + 1)), torch.round((hi - ch) / 2))
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+
+def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Cut ``boxes`` out of ``images`` [N, C, H, W] (float) and resize each to ``size`` x ``size``, batched.
+
+    ``roi_align`` with pixel-centred sampling (aligned=True) is bilinear interpolation when enlarging and
+    averages ceil(box/size) samples per output pixel when shrinking, so it is area-like, not aliased.
+    """
+    n = images.shape[0]
+    rois = torch.cat([torch.arange(n, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1)
+    rois = rois.to(device=images.device, dtype=images.dtype)
+    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def random_flip(images: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images [N, C, H, W] where the bool mask ``flip`` [N] is set."""
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def photometric(images: Tensor, factors: Tensor) -> Tensor:
+    """Brightness, contrast and saturation distortions (after Howard, arXiv 1312.5402), per image.
+
+    Args:
+        images: float [N, 3, H, W] in [0, 1].
+        factors: [N, 3] multipliers for brightness, contrast, saturation (1 = unchanged).
+    """
+    f = factors.to(device=images.device, dtype=images.dtype)
+    b, c, s = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
+    x = images * b
+    mean_grey = _luma(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean_grey) * c + mean_grey
+    grey = _luma(x)
+    x = (x - grey) * s + grey
+    return x.clamp_(0.0, 1.0)
+
+
+def _luma(x: Tensor) -> Tensor:
+    """ITU-R 601 luma of [N, 3, H, W] images, as [N, 1, H, W]."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def photometric_factors(n: int, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """[N, 3] factors uniform in [1 - strength, 1 + strength]."""
+    return 1.0 + (torch.rand(n, 3, generator=generator) * 2 - 1) * strength
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(x - mean) / std per channel for float images [N, C, H, W] in [0, 1]."""
+    m = images.new_tensor(mean).view(1, -1, 1, 1)
+    s = images.new_tensor(std).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+def resize_square(images: Tensor, size: int) -> Tensor:
+    """Resize float images [N, C, H, W] to ``size`` x ``size`` (bilinear, antialiased when shrinking)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,215 @@
+"""Batch sources: normalised float batches on the training device, sharded across processes.
+
+A source yields ``(images, labels, bad_files)`` for one epoch. Batches are cut from a permutation that
+depends only on (seed, epoch); each process takes a contiguous slice of every global batch, so N processes
+with global batch B see exactly the samples one process with batch B sees, with the same augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from googlenet.augment import (
+    PAPER_CROP_RATIO,
+    crop_resize,
+    normalize,
+    photometric,
+    photometric_factors,
+    random_flip,
+    random_resized_boxes,
+    resize_square,
+)
+from googlenet.data import CropSpec, ImageFolderDataset, collate_skipping_bad
+
+Batch = tuple[Tensor, Tensor, list[str]]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation settings shared by both sources.
+
+    Attributes:
+        crop_scale: (min, max) area fraction of the random-resized crop; None disables cropping.
+        crop_ratio: aspect-ratio range of the crop.
+        hflip: random horizontal mirror.
+        photometric: brightness/contrast/saturation strength (0 = off).
+        random_interpolation: random resize method per image (folder data only; device crops are bilinear).
+    """
+
+    crop_scale: tuple[float, float] | None = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = PAPER_CROP_RATIO
+    hflip: bool = True
+    photometric: float = 0.0
+    random_interpolation: bool = False
+
+
+def _generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + batch + 7)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool, drop_last: bool) -> list[Tensor]:
+    """Global batches of sample indices for one epoch."""
+    order = torch.randperm(n, generator=_generator(seed, epoch, -1)) if shuffle else torch.arange(n)
+    batches = list(order.split(batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def local_slice(batch: Tensor, rank: int, world: int) -> slice:
+    """The contiguous part of a global batch that process ``rank`` of ``world`` handles."""
+    per = -(-len(batch) // world)
+    return slice(rank * per, min((rank + 1) * per, len(batch)))
+
+
+class InMemorySource:
+    """A dataset held as one uint8 tensor [N, C, H, W] on the device (Fashion-MNIST: 47 MB).
+
+    Cropping, flipping and resizing run batched on the device, so no loader process is involved.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        train: bool,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        aug: Augmentation | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size, self.train, self.mean, self.std = batch_size, train, mean, std
+        self.aug = aug or Augmentation()
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def num_batches(self) -> int:
+        n, b = len(self.images), self.batch_size
+        return n // b if self.train else -(-n // b)
+
+    def batches(self, epoch: int, size: int, skip: int = 0) -> Iterator[Batch]:
+        order = epoch_batches(len(self.images), self.batch_size, self.seed, epoch, self.train, self.train)
+        h, w = self.images.shape[-2:]
+        for b, idx in enumerate(order):
+            if b < skip:
+                continue
+            part = local_slice(idx, self.rank, self.world)
+            local = idx[part].to(self.images.device)
+            x = self.images[local].float().div_(255)
+            if self.train:
+                x = self._augment(x, len(idx), part, h, w, size, _generator(self.seed, epoch, b))
+            else:
+                x = resize_square(x, size)
+            if x.shape[1] == 1:  # grey: the same values on all three channels
+                x = x.expand(-1, 3, -1, -1)
+            yield normalize(x, self.mean, self.std).contiguous(), self.labels[local], []
+
+    def _augment(self, x: Tensor, n: int, part: slice, h: int, w: int, size: int, g: torch.Generator) -> Tensor:
+        # Draw for the whole global batch, then slice: identical crops whatever the number of processes.
+        aug = self.aug
+        if aug.crop_scale is not None:
+            boxes = random_resized_boxes(torch.full((n,), h), torch.full((n,), w), aug.crop_scale, aug.crop_ratio, g)
+            x = crop_resize(x, boxes[part], size)
+        else:
+            x = resize_square(x, size)
+        if aug.hflip:
+            x = random_flip(x, (torch.rand(n, generator=g) < 0.5)[part])
+        if aug.photometric > 0 and x.shape[1] == 3:
+            x = photometric(x, photometric_factors(n, aug.photometric, g)[part])
+        return x
+
+
+class _KeyedBatchSampler:
+    """Yields this process's part of each global batch as dataset keys ``(index, epoch, size)``."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int, world: int) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch, self.size, self.skip = 0, 224, 0
+
+    def _batches(self) -> list[Tensor]:
+        return epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle, self.shuffle)
+
+    def __len__(self) -> int:
+        return len(self._batches()) - self.skip
+
+    def __iter__(self):
+        for idx in self._batches()[self.skip :]:
+            yield [(int(i), self.epoch, self.size) for i in idx[local_slice(idx, self.rank, self.world)]]
+
+
+class FolderSource:
+    """Image files decoded and cropped to uint8 by DataLoader workers; float work happens on the device."""
+
+    def __init__(
+        self,
+        dataset: ImageFolderDataset,
+        *,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        aug: Augmentation | None = None,
+        device: torch.device | str = "cpu",
+        workers: int = 4,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.dataset, self.batch_size, self.mean, self.std = dataset, batch_size, mean, std
+        self.train = dataset.spec.train
+        self.aug = aug or Augmentation()
+        self.device = torch.device(device)
+        self.seed = seed
+        self.sampler = _KeyedBatchSampler(len(dataset), batch_size, self.train, seed, rank, world)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_skipping_bad,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def num_batches(self) -> int:
+        n, b = len(self.dataset), self.batch_size
+        return n // b if self.train else -(-n // b)
+
+    def batches(self, epoch: int, size: int, skip: int = 0) -> Iterator[Batch]:
+        self.sampler.epoch, self.sampler.size, self.sampler.skip = epoch, size, skip
+        for b, (images, labels, bad) in enumerate(self.loader, start=skip):
+            x = images.to(self.device, non_blocking=True).float().div_(255)
+            if self.train and self.aug.photometric > 0 and len(x):
+                # Factors for the global batch (same as any other process count), then this rank's part.
+                g = _generator(self.seed, epoch, b)
+                n = self.batch_size
+                factors = photometric_factors(n, self.aug.photometric, g)
+                part = local_slice(torch.empty(n), self.sampler.rank, self.sampler.world)
+                x = photometric(x, factors[part][: len(x)])
+            yield normalize(x, self.mean, self.std), labels.to(self.device, non_blocking=True), bad
+
+
+def folder_crop_spec(aug: Augmentation, train: bool) -> CropSpec:
+    """The per-image crop the loader workers apply for ``aug``."""
+    if not train:
+        return CropSpec(train=False)
+    scale = aug.crop_scale if aug.crop_scale is not None else (1.0, 1.0)
+    return CropSpec(True, scale, aug.crop_ratio, aug.random_interpolation, aug.hflip)

@@ -1,0 +1,118 @@
+"""Checkpoints: one place writes them (atomically), one place reads them (weights_only, never code).
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so ``torch.load(weights_only=True)``
+reads it. It carries everything needed to rebuild and use the model on its own: the model config, the
+class names and the preprocessing, besides the weights (and, from training, the state to resume).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from googlenet.model import GoogLeNet, model_from_config
+
+FORMAT = "googlenet-checkpoint/1"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or not one of ours; the message names the file."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside ``DistributedDataParallel`` and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from state_dict keys."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash or kill mid-write leaves the previous checkpoint intact, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; clear errors for missing or corrupt files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint_best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a googlenet checkpoint (no {FORMAT!r} format tag); "
+                              "convert published weights with `googlenet import`")
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference with what is needed to feed it and name its outputs."""
+
+    model: GoogLeNet
+    class_names: list[str]
+    preprocess: dict[str, Any]
+    path: Path
+
+
+def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a checkpoint, in eval mode on ``device``, with its class names and preprocessing."""
+    ckpt = read_checkpoint(path)
+    try:
+        model = model_from_config(ckpt["model_config"])
+        model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]), strict=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})") from None
+    num_classes = model.config.num_classes
+    names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
+    if len(names) != num_classes:
+        raise CheckpointError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+    return LoadedModel(model.to(device).eval(), names, dict(ckpt.get("preprocess") or {}), Path(path))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> GoogLeNet:
+    """The model stored in a checkpoint (the EMA / Polyak-averaged weights where training kept them), in eval mode."""
+    return open_checkpoint(path, device).model
