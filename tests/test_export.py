@@ -1,0 +1,64 @@
+"""torch.compile, torch.export and ONNX (checked with onnxruntime) give the eager logits."""
+
+import pytest
+import torch
+
+from googlenet import create_model
+from googlenet.export import export_onnx, verify_onnx
+
+
+@pytest.fixture(params=["googlenet", "googlenet_bn"])
+def model(request):
+    torch.manual_seed(0)
+    return create_model(request.param, num_classes=10).eval()
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(model):
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        got = torch.compile(model)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_training_step_with_aux():
+    model = create_model("googlenet", num_classes=10).train()
+    compiled = torch.compile(model)
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    out = compiled(x, with_aux=True)
+    assert len(out) == 3 and all(t.shape == (4, 10) for t in out)
+    loss = sum(torch.nn.functional.cross_entropy(t, y) for t in out)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_torch_export_matches_eager(model):
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_matches_onnxruntime(model, tmp_path):
+    path = tmp_path / "model.onnx"
+    error = export_onnx(model, path, img_size=64)
+    assert path.is_file() and error < 1e-3
+    # The batch axis is dynamic: another batch size runs and matches too.
+    verify_onnx(model, path, torch.randn(5, 3, 64, 64))
+
+
+def test_onnx_export_with_baked_preprocessing(tmp_path):
+    import onnxruntime as ort
+
+    model = create_model("googlenet_bn", num_classes=3).eval()
+    path = tmp_path / "baked.onnx"
+    export_onnx(model, path, img_size=48, preprocess={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]})
+    images = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    (got,) = ort.InferenceSession(str(path)).run(None, {"input": images.numpy()})
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model((images.float() / 255 - mean) / std)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-3, atol=1e-4)
