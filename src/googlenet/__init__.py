@@ -1,5 +1,6 @@
 """googlenet: GoogLeNet (Inception v1) in PyTorch, as published and as torchvision ships it."""
 
+from googlenet.checkpoint import load_checkpoint, open_checkpoint
 from googlenet.model import (
     MIN_INPUT_SIZE,
     GoogLeNet,
@@ -18,4 +19,6 @@ __all__ = [
     "GoogLeNetOutputs",
     "create_model",
     "list_models",
+    "load_checkpoint",
+    "open_checkpoint",
 ]

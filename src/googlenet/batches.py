@@ -184,6 +184,9 @@ class FolderSource:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout's), or a
+            # resumed run would drift from an uninterrupted one. Augmentation is seeded per sample anyway.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def __len__(self) -> int:

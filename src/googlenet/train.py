@@ -428,7 +428,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_src)} training images make no full batch of {cfg.batch_size}")
 
-    state = dict(epoch=0, step=0, global_step=0, best_top1=-1.0)
+    state = dict(epoch=0, step=0, global_step=0, best_top1=-1.0, partial=None)
     if cfg.resume:
         state = _restore(_resume_path(cfg.resume), model, optimizer, ema, device)
     else:
@@ -491,10 +491,14 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
             stats = train_one_epoch(train_model, train_src.batches(epoch, size, skip), ctx, global_step, progress)
             progress.close()
             global_step = stats["global_step"]
+            # Totals of this epoch so far, including the part done before an interruption.
+            done = state["partial"] if skip else {"loss_sum": 0.0, "samples": 0, "bad_files": 0}
+            done = {k: done[k] + float(stats[k]) for k in ("loss_sum", "samples", "bad_files")}
             if stats["interrupted"]:
                 if dist.is_main:
-                    save_checkpoint(out / "checkpoint_last.pt",
-                                    payload(epoch, skip + stats["steps"], global_step, state["best_top1"], metrics))
+                    ckpt = payload(epoch, skip + stats["steps"], global_step, state["best_top1"], metrics)
+                    ckpt["train_state"]["partial"] = done
+                    save_checkpoint(out / "checkpoint_last.pt", ckpt)
                     log.info("stopped by signal at epoch %d step %d; saved %s (continue with --resume %s)",
                              epoch + 1, skip + stats["steps"], out / "checkpoint_last.pt", out)
                 raise SystemExit(128 + stop_flag.signum)
@@ -503,7 +507,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
             val = evaluate(eval_model, val_src.batches(epoch, cfg.eval_img_size or size), autocast,
                            cfg.channels_last, dist)
             counts = D.all_reduce_sum(
-                torch.tensor([stats["loss_sum"].item(), stats["samples"], stats["bad_files"]],
+                torch.tensor([done["loss_sum"], done["samples"], done["bad_files"]],
                              dtype=torch.float64, device=device), dist).tolist()
             metrics = {
                 "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "img_size": size,
@@ -553,7 +557,8 @@ def _restore(path: Path, model: GoogLeNet, optimizer, ema: EMA | None, device: t
     if ts["rng_cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(ts["rng_cuda"], device)
     log.info("resuming from %s at epoch %d step %d", path, ts["epoch"] + 1, ts["step"])
-    return dict(epoch=ts["epoch"], step=ts["step"], global_step=ts["global_step"], best_top1=ts["best_top1"])
+    return dict(epoch=ts["epoch"], step=ts["step"], global_step=ts["global_step"], best_top1=ts["best_top1"],
+                partial=ts.get("partial"))
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:

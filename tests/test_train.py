@@ -1,0 +1,192 @@
+"""Training: it learns, resumes exactly, survives bad data, and reads configs strictly."""
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from googlenet import config as C
+from googlenet import create_model, load_checkpoint, train
+from googlenet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from googlenet.data import DataError
+
+
+def small_config(data, out, **kw):
+    base = dict(data=str(data), out=str(out), epochs=2, batch_size=8, img_size=32, lr=0.02, workers=0,
+                warmup_epochs=0.0, log_every=1000, seed=3)
+    return C.resolve(train.TrainConfig, None, {**base, **kw})
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_small_model_overfits_a_small_set():
+    torch.manual_seed(0)
+    model = create_model("googlenet", num_classes=4, dropout=0.0, aux_dropout=0.0)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 4
+    opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9)
+    for _ in range(50):
+        loss = train.googlenet_loss(model.train()(x, with_aux=True), y, aux_weight=0.3, smoothing=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert (logits.argmax(1) == y).all()
+    assert torch.nn.functional.cross_entropy(logits, y).item() < 0.05
+
+
+def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
+    out = tmp_path / "run"
+    metrics = train.run(small_config(image_folder, out, model="googlenet_bn", ema=True))
+    for name in ("config.json", "metrics.jsonl", "checkpoint_last.pt", "checkpoint_best.pt", "curves.png"):
+        assert (out / name).is_file(), name
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s", "seconds"):
+        assert key in rows[-1]
+    assert json.loads((out / "config.json").read_text())["model"] == "googlenet_bn"
+    ckpt = read_checkpoint(out / "checkpoint_last.pt")
+    assert ckpt["class_names"] == ["class_0", "class_1", "class_2"]
+    # load_checkpoint returns the evaluated (EMA) model, in eval mode, giving the logged accuracy.
+    model = load_checkpoint(out / "checkpoint_last.pt")
+    assert not model.training and model.config.num_classes == 3
+    assert metrics["val_top1"] == rows[-1]["val_top1"]
+
+
+def test_resume_reproduces_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    kw = dict(epochs=3, ema=True, model="googlenet")
+    train.run(small_config(image_folder, tmp_path / "full", **kw))
+    full = read_metrics(tmp_path / "full")
+
+    # Interrupt in the middle of epoch 2 by SIGTERM, as a preempted job would be.
+    calls = {"n": 0}
+    original = train.Progress.__call__
+
+    def progress_then_sigterm(self, steps, samples, loss_sum):
+        calls["n"] += 1
+        if calls["n"] == 4 + 1:  # epoch 1 has 3 steps (24 images / 8); stop after epoch 2's 2nd step
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, steps, samples, loss_sum)
+
+    monkeypatch.setattr(train.Progress, "__call__", progress_then_sigterm)
+    with pytest.raises(SystemExit) as stopped:
+        train.run(small_config(image_folder, tmp_path / "split", **kw))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    state = read_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["train_state"]
+    assert (state["epoch"], state["step"]) == (1, 2)
+    monkeypatch.setattr(train.Progress, "__call__", original)
+
+    cfg = C.resolve(train.TrainConfig, None, train.resume_config(str(tmp_path / "split"), {}))
+    train.run(cfg)
+    resumed = read_metrics(tmp_path / "split")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(full, resumed):
+        for key in ("train_loss", "val_loss", "val_top1", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(image_folder, tmp_path):
+    out = tmp_path / "run"
+    train.run(small_config(image_folder, out, epochs=1))
+    before = (out / "checkpoint_last.pt").read_bytes()
+    with pytest.raises(train.TrainingDiverged, match="lower --lr"):
+        train.run(small_config(image_folder, out, epochs=1, lr=1e12, model="googlenet"))
+    assert (out / "checkpoint_last.pt").read_bytes() == before
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(bad)
+
+
+def test_missing_or_empty_data_folder_fails_before_training(tmp_path):
+    with pytest.raises(DataError, match="not 'fashion-mnist' and not a folder"):
+        train.run(small_config(tmp_path / "missing", tmp_path / "out"))
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "val" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="no image files"):
+        train.run(small_config(tmp_path / "empty", tmp_path / "out"))
+    assert not (tmp_path / "out" / "checkpoint_last.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def test_config_precedence_defaults_recipe_flags(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('epochs = 7\nlr = 1\nmodel = "googlenet_bn"\n')
+    cfg = C.resolve(train.TrainConfig, str(recipe), {"lr": 0.5})
+    assert (cfg.epochs, cfg.lr, cfg.model, cfg.momentum) == (7, 0.5, "googlenet_bn", 0.9)
+    assert isinstance(cfg.lr, float)
+
+
+def test_unknown_or_mistyped_config_keys_are_errors(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("epocs = 7\n")
+    with pytest.raises(C.ConfigError, match="unknown config key 'epocs'"):
+        C.resolve(train.TrainConfig, str(recipe))
+    recipe.write_text('epochs = "seven"\n')
+    with pytest.raises(C.ConfigError, match="epochs must be of type int"):
+        C.resolve(train.TrainConfig, str(recipe))
+    with pytest.raises(C.ConfigError, match="no recipe file or shipped recipe"):
+        C.resolve(train.TrainConfig, "no-such-recipe")
+    with pytest.raises(C.ConfigError, match="below googlenet's minimum 31"):
+        C.resolve(train.TrainConfig, None, {"img_size": 28})
+
+
+@pytest.mark.parametrize("name", C.list_recipes())
+def test_shipped_recipes_resolve(name):
+    C.resolve(train.TrainConfig, name)
+
+
+def test_paper_recipe_matches_the_paper():
+    cfg = C.resolve(train.TrainConfig, "paper")
+    assert (cfg.model, cfg.momentum, cfg.schedule, cfg.aux_weight, cfg.aux_logits, cfg.ema) == (
+        "googlenet", 0.9, "step", 0.3, True, True)
+    # "decreasing the learning rate by 4% every 8 epochs"
+    steps = 100
+    after_warmup = [train.lr_factor(int(e * steps), steps, cfg) for e in (2, 7.99, 8, 15.99, 16, 24)]
+    assert after_warmup == pytest.approx([1, 1, 0.96, 0.96, 0.96**2, 0.96**3])
+    # crops of 8%-100% of the area, aspect ratio in [3/4, 4/3]
+    aug = cfg.augmentation()
+    assert aug.crop_scale == (0.08, 1.0)
+    assert aug.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    assert aug.photometric > 0 and aug.random_interpolation
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = C.resolve(train.TrainConfig, None, {"epochs": 10, "warmup_epochs": 2.0, "schedule": "cosine"})
+    assert train.lr_factor(0, 10, cfg) == pytest.approx(0.05)
+    assert train.lr_factor(19, 10, cfg) == pytest.approx(1.0)
+    assert train.lr_factor(60, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert train.lr_factor(100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_progressive_resizing_ramps_to_the_final_size():
+    cfg = C.resolve(train.TrainConfig, None, {"epochs": 8, "img_size_start": 160, "img_size": 192})
+    sizes = [train.img_size_at(e, cfg) for e in range(8)]
+    assert sizes[0] == 160 and sizes[-1] == 192 and sizes == sorted(sizes)
+    assert all(s % 8 == 0 for s in sizes)
