@@ -1,0 +1,153 @@
+"""Data: decoding of awkward files, bad files skipped with a count, crop geometry, sharding."""
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from googlenet import config as C
+from googlenet import train
+from googlenet.augment import crop_resize, random_resized_boxes
+from googlenet.batches import epoch_batches, local_slice
+from googlenet.data import DataError, _read_idx, decode_rgb, scan_split
+
+from .conftest import class_image, make_image_folder, write_image
+
+
+def _pil_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def awkward_files(folder):
+    """Every kind of file a scraped dataset holds. Returns {name: decodable?}."""
+    rgb = Image.fromarray(class_image(0, 0).permute(1, 2, 0).numpy())
+    good_jpeg = _pil_bytes(rgb, "JPEG", quality=90)
+    files = {
+        "png_named.JPEG": (_pil_bytes(rgb, "PNG"), True),
+        "cmyk.JPEG": (_pil_bytes(rgb.convert("CMYK"), "JPEG"), True),
+        "grey.JPEG": (_pil_bytes(rgb.convert("L"), "JPEG"), True),
+        "rgba.png": (_pil_bytes(rgb.convert("RGBA"), "PNG"), True),
+        "one_pixel.png": (_pil_bytes(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), True),
+        "truncated.JPEG": (good_jpeg[: len(good_jpeg) * 2 // 3], True),  # PIL recovers the top part
+        "zero_bytes.JPEG": (b"", False),
+        "text.JPEG": (b"this is not an image\n" * 10, False),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: ok for name, (_, ok) in files.items()}
+
+
+def test_decode_awkward_files(tmp_path):
+    for name, decodable in awkward_files(tmp_path).items():
+        if decodable:
+            img = decode_rgb(tmp_path / name)
+            assert img.dtype == torch.uint8 and img.shape[0] == 3 and img.dim() == 3, name
+        else:
+            with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+                decode_rgb(tmp_path / name)
+
+
+def test_cmyk_and_grey_decode_to_the_right_colours(tmp_path):
+    red = Image.new("RGB", (8, 8), (220, 20, 20))
+    (tmp_path / "cmyk.jpg").write_bytes(_pil_bytes(red.convert("CMYK"), "JPEG", quality=100))
+    img = decode_rgb(tmp_path / "cmyk.jpg").float().mean(dim=(1, 2))
+    assert img[0] > 150 and img[1] < 80 and img[2] < 80
+    grey = decode_rgb(write_image(tmp_path / "g.png", torch.full((3, 4, 4), 77, dtype=torch.uint8)))
+    assert (grey == 77).all()
+
+
+def test_training_skips_bad_files_and_counts_them(image_folder, tmp_path):
+    expected = awkward_files(image_folder / "train" / "class_1")
+    bad = sum(not ok for ok in expected.values())
+    out = tmp_path / "run"
+    cfg = C.resolve(train.TrainConfig, None, dict(
+        data=str(image_folder), out=str(out), epochs=1, batch_size=8, img_size=32, workers=2, log_every=1000,
+        model="googlenet_bn"))
+    train.run(cfg)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    # Shuffled batches of 8 over 32 files, last partial batch dropped: every file is seen once.
+    assert row["bad_files"] == bad
+
+
+def test_flat_validation_folder_with_labels_file(tmp_path):
+    flat = tmp_path / "val"
+    for i in range(4):
+        write_image(flat / f"ILSVRC2012_val_{i:08d}.JPEG", class_image(i % 2, i))
+    (tmp_path / "val_labels.txt").write_text("0\n1\nb\na\n")
+    index = scan_split(flat, ["a", "b"])
+    assert index.labels == [0, 1, 1, 0]
+    (tmp_path / "val_labels.txt").write_text("0\n1\n")
+    with pytest.raises(DataError, match="2 labels for 4 images"):
+        scan_split(flat, ["a", "b"])
+
+
+def test_val_classes_must_exist_in_training(tmp_path):
+    make_image_folder(tmp_path, classes=2)
+    (tmp_path / "val" / "stranger").mkdir()
+    write_image(tmp_path / "val" / "stranger" / "x.JPEG", class_image(0, 0))
+    train_index = scan_split(tmp_path / "train")
+    with pytest.raises(DataError, match="stranger"):
+        scan_split(tmp_path / "val", train_index.classes)
+
+
+def test_idx_reader_rejects_truncated_files(tmp_path):
+    header = bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big") + (3).to_bytes(4, "big")
+    (tmp_path / "ok").write_bytes(header + bytes(range(18)))
+    assert _read_idx(tmp_path / "ok").shape == (2, 3, 3)
+    (tmp_path / "short").write_bytes(header + bytes(5))
+    with pytest.raises(DataError, match="truncated"):
+        _read_idx(tmp_path / "short")
+
+
+# ------------------------------------------------------------------------------------------- geometry
+
+
+def test_random_resized_boxes_follow_the_paper_ranges():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randint(20, 400, (2000,), generator=g)
+    w = torch.randint(20, 400, (2000,), generator=g)
+    boxes = random_resized_boxes(h, w, (0.08, 1.0), (3 / 4, 4 / 3), g)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= w).all() and (y1 <= h).all()
+    assert ((x1 - x0) >= 1).all() and ((y1 - y0) >= 1).all()
+    area = (x1 - x0) * (y1 - y0) / (h * w)
+    aspect = (x1 - x0) / (y1 - y0)
+    sampled = (area >= 0.075) & (area <= 1.0)
+    # Rounding to whole pixels moves small crops slightly outside the nominal ranges.
+    assert sampled.float().mean() > 0.99
+    assert ((aspect > 0.7) & (aspect < 1.4)).float().mean() > 0.99
+    # Oracle: torchvision's RandomResizedCrop sampler on the same image sizes gives the same distribution.
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    tv_area = []
+    for hi, wi in zip(h.tolist(), w.tolist()):
+        _, _, ch, cw = RandomResizedCrop.get_params(torch.empty(1, hi, wi), [0.08, 1.0], [3 / 4, 4 / 3])
+        tv_area.append(ch * cw / (hi * wi))
+    assert area.mean().item() == pytest.approx(sum(tv_area) / len(tv_area), abs=0.02)
+    assert area.std().item() == pytest.approx(torch.tensor(tv_area).std().item(), abs=0.02)
+
+
+def test_crop_resize_of_the_whole_image_is_identity_and_boxes_cut_where_they_say():
+    ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
+    img = torch.stack([xs, ys, xs * 0]).unsqueeze(0)  # pixel values encode their own coordinates
+    full = crop_resize(img, torch.tensor([[0.0, 0.0, 30.0, 20.0]]), 20)
+    assert full.shape == (1, 3, 20, 20)
+    same = crop_resize(img[..., :20, :20], torch.tensor([[0.0, 0.0, 20.0, 20.0]]), 20)
+    torch.testing.assert_close(same, img[..., :20, :20])
+    part = crop_resize(img, torch.tensor([[5.0, 2.0, 15.0, 12.0]]), 10)
+    torch.testing.assert_close(part[0, 0], xs[2:12, 5:15])
+    torch.testing.assert_close(part[0, 1], ys[2:12, 5:15])
+
+
+def test_sharding_partitions_each_global_batch():
+    batches = epoch_batches(103, 16, seed=1, epoch=2, shuffle=True, drop_last=True)
+    assert len(batches) == 6 and all(len(b) == 16 for b in batches)
+    assert torch.equal(batches[0], epoch_batches(103, 16, 1, 2, True, True)[0])  # deterministic
+    for b in batches:
+        parts = [b[local_slice(b, r, 4)] for r in range(4)]
+        assert torch.equal(torch.cat(parts), b)

@@ -1,0 +1,36 @@
+"""torchrun with 2 gloo processes trains exactly as 1 process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def _train(image_folder, out, nproc):
+    # Dropout off: its random masks are drawn per process. Data order and crops are shared by design.
+    args = ["train", "--data", str(image_folder), "--out", str(out), "--epochs", "2", "--batch-size", "8",
+            "--img-size", "32", "--workers", "0", "--model", "googlenet", "--dropout", "0", "--aux-dropout", "0",
+            "--device", "cpu", "--lr", "0.01", "--seed", "5"]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "googlenet", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "googlenet", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_gloo_processes_match_one_process(image_folder, tmp_path):
+    single = _train(image_folder, tmp_path / "one", 1)
+    double = _train(image_folder, tmp_path / "two", 2)
+    assert len(single) == len(double) == 2
+    for a, b in zip(single, double):
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
+        assert a["val_images"] == b["val_images"] == 12
