@@ -60,18 +60,121 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from googlenet.evaluate import CROP_COUNTS
+
+    p = sub.add_parser("eval", help="top-1/top-5 with 1, 10 or 144 crops; several checkpoints = an ensemble")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
+                   help="checkpoint file or run folder (its checkpoint_best.pt); repeat for an ensemble")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' (test split) or a folder")
+    p.add_argument("--crops", type=int, default=1, choices=CROP_COUNTS, help="crops per image (paper: 144)")
+    p.add_argument("--json", metavar="OUT", help="write the results here (and OUT.confusion.png)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (x crops per forward)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_eval)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from googlenet.evaluate import run_eval
+
+    run_eval(args.checkpoint, args.data, args.crops, args.json, args.batch_size, args.workers, _device(args.device))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-k classes for images or folders of images")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from googlenet.checkpoint import open_checkpoint
+    from googlenet.predict import predict
+
+    member = open_checkpoint(args.checkpoint, _device(args.device))
+    failed = 0
+    for pred in predict(member, args.paths, args.top_k, args.batch_size, _device(args.device)):
+        if pred.error:
+            failed += 1
+            print(f"googlenet: cannot read {pred.path}: {pred.error}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"path": pred.path, "top_k": [{"class": c, "probability": p} for c, p in pred.classes]}))
+        else:
+            print(f"{pred.path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.classes))
+    return 1 if failed else 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="ONNX with a dynamic batch axis, checked against onnxruntime")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx")
+    p.add_argument("--img-size", type=int, help="input height/width (default: the checkpoint's)")
+    p.add_argument("--bake-preprocessing", action="store_true",
+                   help="the graph takes uint8 RGB [N, 3, H, W] and normalises it itself")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from googlenet.checkpoint import open_checkpoint
+    from googlenet.export import export_onnx
+
+    member = open_checkpoint(args.checkpoint)
+    size = args.img_size or int(member.preprocess.get("img_size", 224))
+    error = export_onnx(member.model, args.onnx, size,
+                        preprocess=member.preprocess if args.bake_preprocessing else None)
+    pre = member.preprocess
+    expects = ("uint8 RGB [N, 3, H, W], normalised inside the graph" if args.bake_preprocessing else
+               f"float32 [N, 3, {size}, {size}] = (RGB / 255 - mean {pre.get('mean')}) / std {pre.get('std')}")
+    print(f"wrote {args.onnx}: input 'input' {expects}; output 'logits' [N, {len(member.class_names)}]; "
+          f"onnxruntime max |diff| {error:.2e}")
+    return 0
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="published weights into a checkpoint: torchvision .pth or Caffe .caffemodel")
+    p.add_argument("source", choices=["torchvision", "caffe"])
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="CKPT")
+    p.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from googlenet import weights
+
+    convert = weights.import_torchvision if args.source == "torchvision" else weights.import_caffe
+    model = convert(args.file, args.out)
+    print(f"wrote {args.out}: {model.config.variant}, {model.config.num_classes} classes, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="googlenet", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="googlenet", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_summary(sub)
-    _add_train(sub)
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    original = sub.add_parser
+    sub.add_parser = lambda *a, **k: original(*a, parents=[common], **k)  # --debug after the command too
+    for add in (_add_summary, _add_train, _add_eval, _add_predict, _add_export, _add_import):
+        add(sub)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -90,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _expected_errors() as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"googlenet: error: {e}", file=sys.stderr)
         return 1

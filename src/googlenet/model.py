@@ -47,6 +47,8 @@ MIN_INPUT_SIZE = {"googlenet": 31, "googlenet_bn": 15}
 # transform_input=True the model takes ImageNet mean/std-normalised input and remaps it to that range.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# bvlc_googlenet's training-set means in BGR order (its deploy preprocessing).
+_CAFFE_BGR_MEAN = (104.0, 117.0, 123.0)
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -68,6 +70,8 @@ class GoogLeNetConfig:
         dropout: main-head dropout; None picks the variant's (paper 0.4, torchvision 0.2).
         aux_dropout: auxiliary-head dropout (0.7 in both).
         transform_input: remap ImageNet-normalised input to [-1, 1] (torchvision weights expect it).
+        caffe_input: remap ImageNet-normalised RGB to Caffe's input, BGR in 0-255 minus the means
+            104/117/123 (weights imported from bvlc_googlenet expect it); exact, also at the padded borders.
     """
 
     variant: str = "googlenet"
@@ -76,6 +80,7 @@ class GoogLeNetConfig:
     dropout: float | None = None
     aux_dropout: float = 0.7
     transform_input: bool = False
+    caffe_input: bool = False
 
     @property
     def paper(self) -> bool:
@@ -266,12 +271,16 @@ class GoogLeNet(nn.Module):
             )
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        if not self.config.transform_input:
-            return x
-        # Per channel: undo mean/std normalisation, then map [0, 1] to [-1, 1] (torchvision's formula).
         mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
-        return x * (std / 0.5) + (mean - 0.5) / 0.5
+        if self.config.transform_input:
+            # Per channel: undo mean/std normalisation, then map [0, 1] to [-1, 1] (torchvision's formula).
+            x = x * (std / 0.5) + (mean - 0.5) / 0.5
+        if self.config.caffe_input:
+            # Back to 0-255 RGB, reorder to BGR, subtract Caffe's per-channel means (SPEC section 2).
+            x = (x * std + mean) * 255.0
+            x = x.flip(1) - x.new_tensor(_CAFFE_BGR_MEAN).view(1, 3, 1, 1)
+        return x
 
     def forward_stem(self, x: Tensor) -> Tensor:
         """Stem: image to the input of inception3a (N x 192 x 28 x 28 at 224 px)."""
@@ -353,14 +362,14 @@ def create_model(name: str, *, num_classes: int = 1000, aux_logits: bool = True,
         name: "googlenet" (paper-faithful) or "googlenet_bn" (torchvision-compatible).
         num_classes: classifier outputs.
         aux_logits: build the auxiliary classifiers on 4a and 4d.
-        **options: ``dropout``, ``aux_dropout``, ``transform_input``; anything else is an error.
+        **options: ``dropout``, ``aux_dropout``, ``transform_input``, ``caffe_input``; anything else is an error.
 
     Raises:
         ValueError: for an unknown model name or option.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-    allowed = {"dropout", "aux_dropout", "transform_input"}
+    allowed = {"dropout", "aux_dropout", "transform_input", "caffe_input"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {name!r}; valid options: {sorted(allowed)}")

@@ -1,0 +1,231 @@
+"""Evaluation as the paper did it: 1, 10 or 144 crops per image, softmax averaged over crops and models.
+
+The 144-crop protocol (Szegedy et al. 2015, section 7; SPEC section 4): the shorter side is resized to
+256, 288, 320 and 352; three squares are taken along the longer side (left/centre/right, or top/centre/
+bottom); from each square the 4 corner and the centre 224x224 crops and the whole square resized to
+224x224; each also mirrored: 4 x 3 x 6 x 2 = 144. Every size scales with ``crop_size / 224``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from googlenet.augment import normalize
+from googlenet.checkpoint import CheckpointError, LoadedModel, open_checkpoint
+from googlenet.data import RESIZE_RATIO, DataError, decode_rgb, load_fashion_mnist, scan_split
+
+CROP_COUNTS = (1, 10, 144)
+PAPER_SCALES = (256, 288, 320, 352)  # shorter side, at crop size 224
+
+
+def _resize_shorter(image: Tensor, size: int) -> Tensor:
+    return TF.resize(image, [size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def _five_crops(image: Tensor, size: int) -> list[Tensor]:
+    """Top-left, top-right, bottom-left, bottom-right, centre."""
+    h, w = image.shape[-2:]
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    return [image[..., y : y + size, x : x + size] for y, x in corners] + [TF.center_crop(image, [size, size])]
+
+
+def multi_crop(image: Tensor, n_crops: int, crop_size: int = 224, resize_ratio: float = RESIZE_RATIO) -> Tensor:
+    """The paper's test-time crops of one image.
+
+    Args:
+        image: float or uint8 [C, H, W], any size.
+        n_crops: 1, 10 or 144.
+        crop_size: output height and width; 224 in the paper, the other sizes scale with it.
+        resize_ratio: for 1 and 10 crops, the shorter side is first resized to ``crop_size * resize_ratio``.
+
+    Returns:
+        [n_crops, C, crop_size, crop_size], same dtype. Order:
+        - 1: the centre crop.
+        - 10: top-left, top-right, bottom-left, bottom-right, centre; then the same five mirrored.
+        - 144: index ((scale * 3 + square) * 6 + crop) * 2 + mirror, with scale over 256/288/320/352
+          (x crop_size/224), square over left|top, centre, right|bottom, crop over the five crops above
+          then the whole square resized, mirror 0 then 1.
+    """
+    if n_crops not in CROP_COUNTS:
+        raise ValueError(f"n_crops must be one of {CROP_COUNTS}, got {n_crops}")
+    if image.dim() != 3:
+        raise ValueError(f"expected an image [C, H, W], got shape {tuple(image.shape)}")
+    if n_crops in (1, 10):
+        resized = _resize_shorter(image, round(crop_size * resize_ratio))
+        if n_crops == 1:
+            return TF.center_crop(resized, [crop_size, crop_size]).unsqueeze(0)
+        five = _five_crops(resized, crop_size)
+        return torch.stack(five + [c.flip(-1) for c in five])
+    crops = []
+    for scale in PAPER_SCALES:
+        resized = _resize_shorter(image, round(scale * crop_size / 224))
+        h, w = resized.shape[-2:]
+        side = min(h, w)
+        starts = [0, (max(h, w) - side) // 2, max(h, w) - side]
+        for start in starts:
+            square = resized[..., start : start + side, :] if h > w else resized[..., :, start : start + side]
+            whole = TF.resize(square, [crop_size, crop_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            for crop in _five_crops(square, crop_size) + [whole]:
+                crops += [crop, crop.flip(-1)]
+    return torch.stack(crops)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """Images for evaluation, each returned whole (uint8 [3, H, W]) with its label; cropping is per model."""
+
+    def __init__(self, files: list[str] | None, labels: list[int], images: Tensor | None = None) -> None:
+        self.files, self.labels, self.images = files, labels, images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor | None, int, str]:
+        if self.images is not None:  # in-memory grey images (Fashion-MNIST)
+            return self.images[i].unsqueeze(0).expand(3, -1, -1), self.labels[i], str(i)
+        try:
+            return decode_rgb(self.files[i]), self.labels[i], self.files[i]
+        except (OSError, ValueError) as e:
+            return None, self.labels[i], str(e)
+
+
+def eval_dataset(data: str, class_names: list[str]) -> EvalImages:
+    """``fashion-mnist`` (its test split) or a folder: DIR/val if present, else DIR (class folders or flat)."""
+    if data == "fashion-mnist":
+        x, y = load_fashion_mnist("test")
+        return EvalImages(None, y.tolist(), images=x)
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"--data {data!r}: not 'fashion-mnist' and not a folder")
+    split = root / "val" if (root / "val").is_dir() else root
+    index = scan_split(split, class_names)
+    return EvalImages(index.files, index.labels)
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    images: int
+    crops: int
+    models: int
+    seconds: float
+    skipped: int
+    per_class: dict[str, float] | None
+    confusion: Tensor | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "confusion"}
+        if self.confusion is not None:
+            d["confusion"] = self.confusion.tolist()
+        return d
+
+
+def _crops_for(member: LoadedModel, images: list[Tensor], n_crops: int) -> Tensor:
+    pre = member.preprocess
+    size = int(pre.get("img_size", 224))
+    ratio = float(pre.get("resize_ratio", RESIZE_RATIO))
+    return torch.cat([multi_crop(img, n_crops, size, ratio) for img in images])
+
+
+def evaluate_ensemble(
+    members: list[LoadedModel], dataset: EvalImages, n_crops: int = 1, batch_size: int = 32,
+    workers: int = 2, device: str | torch.device = "cpu", log_bad=print,
+) -> EvalResult:
+    """Top-1/top-5 of the softmax averaged over ``n_crops`` crops and over all ``members``."""
+    if n_crops not in CROP_COUNTS:
+        raise ValueError(f"--crops must be one of {', '.join(map(str, CROP_COUNTS))}, got {n_crops}")
+    names = members[0].class_names
+    for m in members[1:]:
+        if m.class_names != names:
+            raise CheckpointError(f"ensemble members disagree on the classes: {m.path} vs {members[0].path}")
+    num_classes = len(names)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size), num_workers=workers,
+                                         collate_fn=list)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    top1 = top5 = n = skipped = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for items in loader:
+            good = [(img, label) for img, label, _ in items if img is not None]
+            for img, _, msg in items:
+                if img is None:
+                    skipped += 1
+                    log_bad(f"skipped unreadable image: {msg}")
+            if not good:
+                continue
+            images, labels = [g[0] for g in good], torch.tensor([g[1] for g in good])
+            probs = torch.zeros(len(good), num_classes)
+            for member in members:
+                crops = _crops_for(member, images, n_crops).to(device)
+                x = normalize(crops.float() / 255, member.preprocess["mean"], member.preprocess["std"])
+                logits = member.model(x).float().softmax(dim=1)
+                probs += logits.view(len(good), n_crops, num_classes).mean(dim=1).cpu()
+            ranked = probs.topk(min(5, num_classes), dim=1).indices
+            top1 += int((ranked[:, 0] == labels).sum())
+            top5 += int((ranked == labels.unsqueeze(1)).any(dim=1).sum())
+            confusion.index_put_((labels, ranked[:, 0]), torch.ones(len(good), dtype=torch.long), accumulate=True)
+            n += len(good)
+    if n == 0:
+        raise DataError("no image could be evaluated")
+    per_class = None
+    if num_classes <= 100:
+        totals = confusion.sum(dim=1).clamp(min=1)
+        per_class = {name: 100 * float(confusion[i, i]) / float(totals[i]) for i, name in enumerate(names)}
+    return EvalResult(100 * top1 / n, 100 * top5 / n, n, n_crops, len(members), time.perf_counter() - start,
+                      skipped, per_class, confusion if num_classes <= 100 else None)
+
+
+def plot_confusion(confusion: Tensor, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix (true class down, predicted across) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(max(4, k * 0.5 + 2), max(4, k * 0.5 + 1)))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=90, fontsize=7 if k > 20 else 9)
+    ax.set_yticks(range(k), names, fontsize=7 if k > 20 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_eval(checkpoints: list[str], data: str, crops: int, json_out: str | None, batch_size: int, workers: int,
+             device: str) -> EvalResult:
+    """`googlenet eval`: load the members, evaluate, print, and write the JSON and confusion PNG."""
+    members = [open_checkpoint(c, device) for c in checkpoints]
+    dataset = eval_dataset(data, members[0].class_names)
+    result = evaluate_ensemble(members, dataset, crops, batch_size, workers, device)
+    print(f"top1 {result.top1:.2f}%  top5 {result.top5:.2f}%  images {result.images}  crops {result.crops}  "
+          f"models {result.models}  seconds {result.seconds:.1f}"
+          + (f"  skipped {result.skipped}" if result.skipped else ""))
+    if result.per_class:
+        for name, acc in result.per_class.items():
+            print(f"  {name:<24} {acc:6.2f}%")
+    if json_out:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
+        if result.confusion is not None:
+            plot_confusion(result.confusion, members[0].class_names, path.with_suffix(".confusion.png"))
+    return result
