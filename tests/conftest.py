@@ -30,7 +30,9 @@ def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8, va
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for c in range(classes):
             for i in range(n):
-                write_image(root / split / f"class_{c}" / f"{split}_{c}_{i}.JPEG", class_image(c, i + 100 * (split == "val")))
+                write_image(
+                    root / split / f"class_{c}" / f"{split}_{c}_{i}.JPEG", class_image(c, i + 100 * (split == "val"))
+                )
     return root
 
 

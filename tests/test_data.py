@@ -64,9 +64,20 @@ def test_training_skips_bad_files_and_counts_them(image_folder, tmp_path):
     expected = awkward_files(image_folder / "train" / "class_1")
     bad = sum(not ok for ok in expected.values())
     out = tmp_path / "run"
-    cfg = C.resolve(train.TrainConfig, None, dict(
-        data=str(image_folder), out=str(out), epochs=1, batch_size=8, img_size=32, workers=2, log_every=1000,
-        model="googlenet_bn"))
+    cfg = C.resolve(
+        train.TrainConfig,
+        None,
+        dict(
+            data=str(image_folder),
+            out=str(out),
+            epochs=1,
+            batch_size=8,
+            img_size=32,
+            workers=2,
+            log_every=1000,
+            model="googlenet_bn",
+        ),
+    )
     train.run(cfg)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     # Shuffled batches of 8 over 32 files, last partial batch dropped: every file is seen once.

@@ -12,14 +12,46 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def _train(image_folder, out, nproc):
     # Dropout off: its random masks are drawn per process. Data order and crops are shared by design.
-    args = ["train", "--data", str(image_folder), "--out", str(out), "--epochs", "2", "--batch-size", "8",
-            "--img-size", "32", "--workers", "0", "--model", "googlenet", "--dropout", "0", "--aux-dropout", "0",
-            "--device", "cpu", "--lr", "0.01", "--seed", "5"]
+    args = [
+        "train",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--img-size",
+        "32",
+        "--workers",
+        "0",
+        "--model",
+        "googlenet",
+        "--dropout",
+        "0",
+        "--aux-dropout",
+        "0",
+        "--device",
+        "cpu",
+        "--lr",
+        "0.01",
+        "--seed",
+        "5",
+    ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "googlenet", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "googlenet", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "googlenet",
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

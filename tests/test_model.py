@@ -46,8 +46,11 @@ def test_per_layer_weights_and_macs_equal_recomputed_table1():
     stats = {s.name: s for s in layer_stats(create_model("googlenet"), 224)}
     merged = dict(stats)
     merged["conv2+conv3"] = type(stats["conv2"])(
-        "conv2+conv3", stats["conv3"].out_shape, 0,
-        stats["conv2"].weights + stats["conv3"].weights, stats["conv2"].macs + stats["conv3"].macs,
+        "conv2+conv3",
+        stats["conv3"].out_shape,
+        0,
+        stats["conv2"].weights + stats["conv3"].weights,
+        stats["conv2"].macs + stats["conv3"].macs,
     )
     for name, (weights, macs) in RECOMPUTED.items():
         assert (merged[name].weights, merged[name].macs) == (weights, macs), name
@@ -86,8 +89,7 @@ def _randomise_bn_stats(model):
 @pytest.mark.parametrize("transform_input", [False, True])
 def test_bn_variant_reproduces_torchvision_logits(transform_input):
     torch.manual_seed(0)
-    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True,
-                                      transform_input=transform_input)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True, transform_input=transform_input)
     _randomise_bn_stats(tv)
     ours = create_model("googlenet_bn", transform_input=transform_input)
     ours.load_state_dict(tv.state_dict(), strict=True)

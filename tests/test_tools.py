@@ -11,7 +11,7 @@ import torchvision
 
 from googlenet import create_model, open_checkpoint
 from googlenet.checkpoint import CheckpointError, save_checkpoint
-from googlenet.evaluate import evaluate_ensemble, eval_dataset, multi_crop
+from googlenet.evaluate import eval_dataset, evaluate_ensemble, multi_crop
 from googlenet.weights import caffe_layer_map, import_caffe, import_torchvision
 
 from .conftest import write_image
@@ -84,11 +84,21 @@ def test_multi_crop_accepts_uint8_and_rejects_bad_counts():
 def make_checkpoint(path, classes, img_size=32, seed=0, variant="googlenet_bn"):
     torch.manual_seed(seed)
     model = create_model(variant, num_classes=len(classes), aux_logits=False)
-    save_checkpoint(path, {
-        "model_config": model.config.to_dict(), "class_names": classes, "model": model.state_dict(),
-        "preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3, "grayscale": False, "resize_ratio": 256 / 224,
-                       "img_size": img_size},
-    })
+    save_checkpoint(
+        path,
+        {
+            "model_config": model.config.to_dict(),
+            "class_names": classes,
+            "model": model.state_dict(),
+            "preprocess": {
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "grayscale": False,
+                "resize_ratio": 256 / 224,
+                "img_size": img_size,
+            },
+        },
+    )
     return path
 
 
@@ -128,19 +138,33 @@ def run_cli(*args):
 def test_eval_cli_144_crops_writes_json_and_confusion(image_folder, tmp_path):
     ckpt = make_checkpoint(tmp_path / "a.pt", ["class_0", "class_1", "class_2"])
     out = tmp_path / "eval.json"
-    result = run_cli("eval", "--checkpoint", str(ckpt), "--data", str(image_folder), "--crops", "144",
-                     "--json", str(out), "--workers", "0")
+    result = run_cli(
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(image_folder),
+        "--crops",
+        "144",
+        "--json",
+        str(out),
+        "--workers",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert (data["crops"], data["images"], data["models"]) == (144, 12, 1)
     assert out.with_suffix(".confusion.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--checkpoint", "missing.pt"], "checkpoint not found"),
-    (["--checkpoint", "{corrupt}"], "not a readable checkpoint"),
-    (["--checkpoint", "{ckpt}", "--data", "{other_classes}"], "class folders not in the training classes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "missing.pt"], "checkpoint not found"),
+        (["--checkpoint", "{corrupt}"], "not a readable checkpoint"),
+        (["--checkpoint", "{ckpt}", "--data", "{other_classes}"], "class folders not in the training classes"),
+    ],
+)
 def test_eval_cli_errors_are_one_line(image_folder, tmp_path, args, message):
     ckpt = make_checkpoint(tmp_path / "a.pt", ["class_0", "class_1", "class_2"])
     corrupt = tmp_path / "corrupt.pt"
@@ -164,8 +188,17 @@ def test_predict_cli_reports_bad_files_and_predicts_the_rest(image_folder, tmp_p
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     good = sorted((image_folder / "val" / "class_1").iterdir())[0]
-    result = run_cli("predict", "--checkpoint", str(ckpt), str(good), str(bad), str(image_folder / "val" / "class_2"),
-                     "--top-k", "2", "--json")
+    result = run_cli(
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        str(good),
+        str(bad),
+        str(image_folder / "val" / "class_2"),
+        "--top-k",
+        "2",
+        "--json",
+    )
     assert result.returncode == 1
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 1 + 4 and rows[0]["path"] == str(good)
@@ -191,7 +224,9 @@ def test_import_torchvision_weights_behaves_like_torchvision(tmp_path):
             m.running_var.uniform_(0.5, 1.5)
             m.running_mean.normal_(0, 0.1)
     torch.save(tv.state_dict(), tmp_path / "googlenet-1378be20.pth")
-    result = run_cli("import", "torchvision", str(tmp_path / "googlenet-1378be20.pth"), "--out", str(tmp_path / "tv.pt"))
+    result = run_cli(
+        "import", "torchvision", str(tmp_path / "googlenet-1378be20.pth"), "--out", str(tmp_path / "tv.pt")
+    )
     assert result.returncode == 0, result.stderr
     member = open_checkpoint(tmp_path / "tv.pt")
     assert member.model.config.transform_input and member.model.config.variant == "googlenet_bn"
@@ -253,9 +288,13 @@ def write_caffemodel(path, blobs, modern):
 def random_caffe_blobs(num_classes=1000):
     shapes = create_model("googlenet", num_classes=num_classes).state_dict()
     g = torch.Generator().manual_seed(0)
-    return {name: [torch.randn(shapes[f"{prefix}.weight"].shape, generator=g) * 0.05,
-                   torch.randn(shapes[f"{prefix}.bias"].shape, generator=g) * 0.05]
-            for name, prefix in caffe_layer_map().items()}
+    return {
+        name: [
+            torch.randn(shapes[f"{prefix}.weight"].shape, generator=g) * 0.05,
+            torch.randn(shapes[f"{prefix}.bias"].shape, generator=g) * 0.05,
+        ]
+        for name, prefix in caffe_layer_map().items()
+    }
 
 
 @pytest.mark.parametrize("modern", [True, False])
@@ -273,7 +312,10 @@ def test_import_caffe_places_every_blob_and_handles_bgr_and_mean(tmp_path, moder
     plain = create_model("googlenet", num_classes=len(member.class_names), caffe_input=False).eval()
     plain.load_state_dict(state)
     rgb01 = torch.rand(2, 3, 224, 224)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     caffe_in = rgb01.flip(1) * 255 - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(member.model((rgb01 - mean) / std), plain(caffe_in), rtol=1e-3, atol=1e-3)

@@ -14,8 +14,18 @@ from googlenet.data import DataError
 
 
 def small_config(data, out, **kw):
-    base = dict(data=str(data), out=str(out), epochs=2, batch_size=8, img_size=32, lr=0.02, workers=0,
-                warmup_epochs=0.0, log_every=1000, seed=3)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        img_size=32,
+        lr=0.02,
+        workers=0,
+        warmup_epochs=0.0,
+        log_every=1000,
+        seed=3,
+    )
     return C.resolve(train.TrainConfig, None, {**base, **kw})
 
 
@@ -165,7 +175,13 @@ def test_shipped_recipes_resolve(name):
 def test_paper_recipe_matches_the_paper():
     cfg = C.resolve(train.TrainConfig, "paper")
     assert (cfg.model, cfg.momentum, cfg.schedule, cfg.aux_weight, cfg.aux_logits, cfg.ema) == (
-        "googlenet", 0.9, "step", 0.3, True, True)
+        "googlenet",
+        0.9,
+        "step",
+        0.3,
+        True,
+        True,
+    )
     # "decreasing the learning rate by 4% every 8 epochs"
     steps = 100
     after_warmup = [train.lr_factor(int(e * steps), steps, cfg) for e in (2, 7.99, 8, 15.99, 16, 24)]

@@ -83,8 +83,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a googlenet checkpoint (no {FORMAT!r} format tag); "
-                              "convert published weights with `googlenet import`")
+        raise CheckpointError(
+            f"{path}: not a googlenet checkpoint (no {FORMAT!r} format tag); "
+            "convert published weights with `googlenet import`"
+        )
     return ckpt
 
 
@@ -105,7 +107,9 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model = model_from_config(ckpt["model_config"])
         model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]), strict=True)
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})"
+        ) from None
     num_classes = model.config.num_classes
     names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:

@@ -55,8 +55,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = C.resolve(train.TrainConfig, args.config, overrides)
     metrics = train.run(cfg)
     if metrics:
-        print(f"final: epoch {metrics['epoch']}  val top1 {metrics['val_top1']:.2f}%  "
-              f"top5 {metrics['val_top5']:.2f}%  run folder {cfg.out}")
+        print(
+            f"final: epoch {metrics['epoch']}  val top1 {metrics['val_top1']:.2f}%  "
+            f"top5 {metrics['val_top5']:.2f}%  run folder {cfg.out}"
+        )
     return 0
 
 
@@ -64,8 +66,13 @@ def _add_eval(sub) -> None:
     from googlenet.evaluate import CROP_COUNTS
 
     p = sub.add_parser("eval", help="top-1/top-5 with 1, 10 or 144 crops; several checkpoints = an ensemble")
-    p.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
-                   help="checkpoint file or run folder (its checkpoint_best.pt); repeat for an ensemble")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint file or run folder (its checkpoint_best.pt); repeat for an ensemble",
+    )
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' (test split) or a folder")
     p.add_argument("--crops", type=int, default=1, choices=CROP_COUNTS, help="crops per image (paper: 144)")
     p.add_argument("--json", metavar="OUT", help="write the results here (and OUT.confusion.png)")
@@ -126,8 +133,11 @@ def _add_export(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx")
     p.add_argument("--img-size", type=int, help="input height/width (default: the checkpoint's)")
-    p.add_argument("--bake-preprocessing", action="store_true",
-                   help="the graph takes uint8 RGB [N, 3, H, W] and normalises it itself")
+    p.add_argument(
+        "--bake-preprocessing",
+        action="store_true",
+        help="the graph takes uint8 RGB [N, 3, H, W] and normalises it itself",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -137,13 +147,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     member = open_checkpoint(args.checkpoint)
     size = args.img_size or int(member.preprocess.get("img_size", 224))
-    error = export_onnx(member.model, args.onnx, size,
-                        preprocess=member.preprocess if args.bake_preprocessing else None)
+    error = export_onnx(
+        member.model, args.onnx, size, preprocess=member.preprocess if args.bake_preprocessing else None
+    )
     pre = member.preprocess
-    expects = ("uint8 RGB [N, 3, H, W], normalised inside the graph" if args.bake_preprocessing else
-               f"float32 [N, 3, {size}, {size}] = (RGB / 255 - mean {pre.get('mean')}) / std {pre.get('std')}")
-    print(f"wrote {args.onnx}: input 'input' {expects}; output 'logits' [N, {len(member.class_names)}]; "
-          f"onnxruntime max |diff| {error:.2e}")
+    expects = (
+        "uint8 RGB [N, 3, H, W], normalised inside the graph"
+        if args.bake_preprocessing
+        else f"float32 [N, 3, {size}, {size}] = (RGB / 255 - mean {pre.get('mean')}) / std {pre.get('std')}"
+    )
+    print(
+        f"wrote {args.onnx}: input 'input' {expects}; output 'logits' [N, {len(member.class_names)}]; "
+        f"onnxruntime max |diff| {error:.2e}"
+    )
     return 0
 
 
@@ -160,8 +176,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     convert = weights.import_torchvision if args.source == "torchvision" else weights.import_caffe
     model = convert(args.file, args.out)
-    print(f"wrote {args.out}: {model.config.variant}, {model.config.num_classes} classes, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"wrote {args.out}: {model.config.variant}, {model.config.num_classes} classes, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
     return 0
 
 

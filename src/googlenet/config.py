@@ -116,7 +116,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         else:
             choices = f.metadata.get("choices")
             parser.add_argument(
-                flag, type=base, default=argparse.SUPPRESS, choices=choices, metavar=f.metadata.get("metavar"),
+                flag,
+                type=base,
+                default=argparse.SUPPRESS,
+                choices=choices,
+                metavar=f.metadata.get("metavar"),
                 help=help_text,
             )
 

@@ -143,8 +143,13 @@ def _crops_for(member: LoadedModel, images: list[Tensor], n_crops: int) -> Tenso
 
 
 def evaluate_ensemble(
-    members: list[LoadedModel], dataset: EvalImages, n_crops: int = 1, batch_size: int = 32,
-    workers: int = 2, device: str | torch.device = "cpu", log_bad=print,
+    members: list[LoadedModel],
+    dataset: EvalImages,
+    n_crops: int = 1,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str | torch.device = "cpu",
+    log_bad=print,
 ) -> EvalResult:
     """Top-1/top-5 of the softmax averaged over ``n_crops`` crops and over all ``members``."""
     if n_crops not in CROP_COUNTS:
@@ -154,8 +159,7 @@ def evaluate_ensemble(
         if m.class_names != names:
             raise CheckpointError(f"ensemble members disagree on the classes: {m.path} vs {members[0].path}")
     num_classes = len(names)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size), num_workers=workers,
-                                         collate_fn=list)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size), num_workers=workers, collate_fn=list)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     top1 = top5 = n = skipped = 0
     start = time.perf_counter()
@@ -186,8 +190,17 @@ def evaluate_ensemble(
     if num_classes <= 100:
         totals = confusion.sum(dim=1).clamp(min=1)
         per_class = {name: 100 * float(confusion[i, i]) / float(totals[i]) for i, name in enumerate(names)}
-    return EvalResult(100 * top1 / n, 100 * top5 / n, n, n_crops, len(members), time.perf_counter() - start,
-                      skipped, per_class, confusion if num_classes <= 100 else None)
+    return EvalResult(
+        100 * top1 / n,
+        100 * top5 / n,
+        n,
+        n_crops,
+        len(members),
+        time.perf_counter() - start,
+        skipped,
+        per_class,
+        confusion if num_classes <= 100 else None,
+    )
 
 
 def plot_confusion(confusion: Tensor, names: list[str], path: Path) -> None:
@@ -210,15 +223,18 @@ def plot_confusion(confusion: Tensor, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def run_eval(checkpoints: list[str], data: str, crops: int, json_out: str | None, batch_size: int, workers: int,
-             device: str) -> EvalResult:
+def run_eval(
+    checkpoints: list[str], data: str, crops: int, json_out: str | None, batch_size: int, workers: int, device: str
+) -> EvalResult:
     """`googlenet eval`: load the members, evaluate, print, and write the JSON and confusion PNG."""
     members = [open_checkpoint(c, device) for c in checkpoints]
     dataset = eval_dataset(data, members[0].class_names)
     result = evaluate_ensemble(members, dataset, crops, batch_size, workers, device)
-    print(f"top1 {result.top1:.2f}%  top5 {result.top5:.2f}%  images {result.images}  crops {result.crops}  "
-          f"models {result.models}  seconds {result.seconds:.1f}"
-          + (f"  skipped {result.skipped}" if result.skipped else ""))
+    print(
+        f"top1 {result.top1:.2f}%  top5 {result.top5:.2f}%  images {result.images}  crops {result.crops}  "
+        f"models {result.models}  seconds {result.seconds:.1f}"
+        + (f"  skipped {result.skipped}" if result.skipped else "")
+    )
     if result.per_class:
         for name, acc in result.per_class.items():
             print(f"  {name:<24} {acc:6.2f}%")

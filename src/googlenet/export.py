@@ -58,8 +58,14 @@ def export_onnx(
         batch = torch.export.Dim("batch", min=1, max=4096)
         with torch.no_grad():
             program = torch.onnx.export(
-                module, (example,), input_names=["input"], output_names=["logits"],
-                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, external_data=False,
+                module,
+                (example,),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
             )
         program.save(tmp)
         error = verify_onnx(module, tmp, example) if check else 0.0

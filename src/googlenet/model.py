@@ -221,7 +221,9 @@ class GoogLeNet(nn.Module):
         self.inception4d = inception("inception4d")
         self.inception4e = inception("inception4e")
         # The paper's fourth pool is 3x3/2 like the others; torchvision (from TF-slim) uses 2x2/2.
-        self.maxpool4 = nn.MaxPool2d(3, stride=2, ceil_mode=True) if paper else nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.maxpool4 = (
+            nn.MaxPool2d(3, stride=2, ceil_mode=True) if paper else nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        )
         self.inception5a = inception("inception5a")
         self.inception5b = inception("inception5b")
 
@@ -266,9 +268,7 @@ class GoogLeNet(nn.Module):
             raise ValueError(f"expected a floating-point input (normalised RGB), got dtype {x.dtype}")
         min_size = MIN_INPUT_SIZE[self.config.variant]
         if min(x.shape[-2:]) < min_size:
-            raise ValueError(
-                f"{self.config.variant} expects height and width >= {min_size}, got {tuple(x.shape[-2:])}"
-            )
+            raise ValueError(f"{self.config.variant} expects height and width >= {min_size}, got {tuple(x.shape[-2:])}")
 
     def _transform_input(self, x: Tensor) -> Tensor:
         mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -45,8 +45,9 @@ def preprocess_image(img: Tensor, preprocess: dict) -> Tensor:
     return normalize(crop.float() / 255, preprocess["mean"], preprocess["std"])[0]
 
 
-def predict(member: LoadedModel, paths: list[str], top_k: int = 5, batch_size: int = 32,
-            device: str | torch.device = "cpu") -> Iterator[Prediction]:
+def predict(
+    member: LoadedModel, paths: list[str], top_k: int = 5, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> Iterator[Prediction]:
     """Predictions in input order; unreadable files come back with ``error`` set."""
     k = max(1, min(top_k, len(member.class_names)))
     pending: list[tuple[str, Tensor]] = []

@@ -143,7 +143,11 @@ def format_summary(model: GoogLeNet, img_size: int = 224) -> str:
         lines += ["", "Table 1 comparison: only at --img-size 224 (the paper's input)."]
         return "\n".join(lines)
 
-    lines += ["", "Beside the paper's Table 1 (paper params in K = 1024, ops in M = 10^6; rows over 3% apart flagged)", ""]
+    lines += [
+        "",
+        "Beside the paper's Table 1 (paper params in K = 1024, ops in M = 10^6; rows over 3% apart flagged)",
+        "",
+    ]
     header = f"{'Table 1 row':<14} {'ours K':>8} {'paper K':>8} {'ours M':>8} {'paper M':>8}  note"
     lines += [header, "-" * (len(header) + 40)]
     for row in PAPER_TABLE1:

@@ -7,6 +7,7 @@ checkpoint_best.pt and curves.png.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -106,7 +107,9 @@ class TrainConfig:
         for size_name in ("img_size", "img_size_start", "eval_img_size"):
             size = getattr(self, size_name)
             if size is not None and size < MIN_INPUT_SIZE[self.model]:
-                checks.append((False, f"{size_name} {size} is below {self.model}'s minimum {MIN_INPUT_SIZE[self.model]}"))
+                checks.append(
+                    (False, f"{size_name} {size} is below {self.model}'s minimum {MIN_INPUT_SIZE[self.model]}")
+                )
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -247,8 +250,14 @@ def train_one_epoch(model: nn.Module, batches, ctx: StepContext, global_step: in
             interrupted = True
             break
     _check_finite(loss_sum, global_step)
-    return dict(loss_sum=loss_sum, samples=samples, bad_files=bad_files, steps=steps,
-                global_step=global_step, interrupted=interrupted)
+    return dict(
+        loss_sum=loss_sum,
+        samples=samples,
+        bad_files=bad_files,
+        steps=steps,
+        global_step=global_step,
+        interrupted=interrupted,
+    )
 
 
 def _check_finite(loss_sum: Tensor, step: int) -> None:
@@ -275,7 +284,8 @@ def evaluate(model: nn.Module, batches, autocast, channels_last: bool, dist: D.D
         top1, top5 = topk_correct(logits, labels)
         totals += torch.tensor(
             [F.cross_entropy(logits, labels, reduction="sum").item(), top1, top5, len(labels)],
-            device=device, dtype=torch.float64,
+            device=device,
+            dtype=torch.float64,
         )
     loss, top1, top5, n = D.all_reduce_sum(totals, dist).tolist()
     n = max(n, 1)
@@ -342,10 +352,8 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handler, no graceful stop
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -374,8 +382,10 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = samples / max(elapsed, 1e-9)
         eta = (self.total - steps) * self.batch / max(rate, 1e-9)
-        line = (f"epoch {self.epoch}/{self.epochs} step {steps}/{self.total} "
-                f"loss {loss_sum.item() / max(samples, 1):.4f} {rate:,.0f} img/s ETA {eta:,.0f}s")
+        line = (
+            f"epoch {self.epoch}/{self.epochs} step {steps}/{self.total} "
+            f"loss {loss_sum.item() / max(samples, 1):.4f} {rate:,.0f} img/s ETA {eta:,.0f}s"
+        )
         if self.tty:
             print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
         else:
@@ -418,11 +428,16 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     train_src, val_src, classes, preprocess = build_sources(cfg, device, dist)
 
-    model = create_model(cfg.model, num_classes=len(classes), aux_logits=cfg.aux_logits,
-                         dropout=cfg.dropout, aux_dropout=cfg.aux_dropout)
+    model = create_model(
+        cfg.model, num_classes=len(classes), aux_logits=cfg.aux_logits, dropout=cfg.dropout, aux_dropout=cfg.aux_dropout
+    )
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
     ema = EMA(model, cfg.ema_decay) if cfg.ema else None
     steps_per_epoch = train_src.num_batches()
     if steps_per_epoch == 0:
@@ -449,8 +464,17 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2) + "\n")
         _truncate_metrics(out / "metrics.jsonl", state["epoch"])
-        log.info("training %s on %s (%d train / %d val images, %d classes) on %s x%d; run folder %s",
-                 cfg.model, cfg.data, len(train_src), len(val_src), len(classes), device, dist.world, out)
+        log.info(
+            "training %s on %s (%d train / %d val images, %d classes) on %s x%d; run folder %s",
+            cfg.model,
+            cfg.data,
+            len(train_src),
+            len(val_src),
+            len(classes),
+            device,
+            dist.world,
+            out,
+        )
 
     def payload(epoch: int, step: int, global_step: int, best: float, metrics: dict | None) -> dict[str, Any]:
         weights = (ema.model if ema else model).state_dict()
@@ -465,7 +489,10 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                 "model": model.state_dict() if ema else None,
                 "optimizer": optimizer.state_dict(),
                 "ema_updates": ema.updates if ema else 0,
-                "epoch": epoch, "step": step, "global_step": global_step, "best_top1": best,
+                "epoch": epoch,
+                "step": step,
+                "global_step": global_step,
+                "best_top1": best,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             },
@@ -473,20 +500,31 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     with StopFlag() as stop_flag:
+
         def stop() -> bool:
             if dist.world == 1:
                 return stop_flag.requested
             flag = torch.tensor([float(stop_flag.requested)], device=device)
             return bool(D.all_reduce_sum(flag, dist).item() > 0)
 
-        ctx = StepContext(optimizer, lambda s: cfg.lr * lr_factor(s, steps_per_epoch, cfg), cfg.aux_weight,
-                          cfg.label_smoothing, autocast, cfg.channels_last, ema, dist, stop)
+        ctx = StepContext(
+            optimizer,
+            lambda s: cfg.lr * lr_factor(s, steps_per_epoch, cfg),
+            cfg.aux_weight,
+            cfg.label_smoothing,
+            autocast,
+            cfg.channels_last,
+            ema,
+            dist,
+            stop,
+        )
         global_step = state["global_step"]
         for epoch in range(state["epoch"], cfg.epochs):
             size = img_size_at(epoch, cfg)
             skip = state["step"] if epoch == state["epoch"] else 0
-            progress = Progress(steps_per_epoch - skip, epoch + 1, cfg.epochs, cfg.batch_size, cfg.log_every,
-                                dist.is_main)
+            progress = Progress(
+                steps_per_epoch - skip, epoch + 1, cfg.epochs, cfg.batch_size, cfg.log_every, dist.is_main
+            )
             t0 = time.perf_counter()
             stats = train_one_epoch(train_model, train_src.batches(epoch, size, skip), ctx, global_step, progress)
             progress.close()
@@ -499,20 +537,34 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                     ckpt = payload(epoch, skip + stats["steps"], global_step, state["best_top1"], metrics)
                     ckpt["train_state"]["partial"] = done
                     save_checkpoint(out / "checkpoint_last.pt", ckpt)
-                    log.info("stopped by signal at epoch %d step %d; saved %s (continue with --resume %s)",
-                             epoch + 1, skip + stats["steps"], out / "checkpoint_last.pt", out)
+                    log.info(
+                        "stopped by signal at epoch %d step %d; saved %s (continue with --resume %s)",
+                        epoch + 1,
+                        skip + stats["steps"],
+                        out / "checkpoint_last.pt",
+                        out,
+                    )
                 raise SystemExit(128 + stop_flag.signum)
             seconds = time.perf_counter() - t0
             eval_model = ema.model if ema else model
-            val = evaluate(eval_model, val_src.batches(epoch, cfg.eval_img_size or size), autocast,
-                           cfg.channels_last, dist)
+            val = evaluate(
+                eval_model, val_src.batches(epoch, cfg.eval_img_size or size), autocast, cfg.channels_last, dist
+            )
             counts = D.all_reduce_sum(
-                torch.tensor([done["loss_sum"], done["samples"], done["bad_files"]],
-                             dtype=torch.float64, device=device), dist).tolist()
+                torch.tensor(
+                    [done["loss_sum"], done["samples"], done["bad_files"]], dtype=torch.float64, device=device
+                ),
+                dist,
+            ).tolist()
             metrics = {
-                "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "img_size": size,
-                "train_loss": counts[0] / max(counts[1], 1), **val,
-                "images_per_s": counts[1] / seconds, "seconds": seconds, "bad_files": int(counts[2]),
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "img_size": size,
+                "train_loss": counts[0] / max(counts[1], 1),
+                **val,
+                "images_per_s": counts[1] / seconds,
+                "seconds": seconds,
+                "bad_files": int(counts[2]),
             }
             if dist.is_main:
                 best = max(state["best_top1"], val["val_top1"])
@@ -523,10 +575,18 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
                 plot_curves(out / "metrics.jsonl", out / "curves.png")
-                log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  %.0f img/s  %.1fs%s",
-                         epoch + 1, cfg.epochs, metrics["train_loss"], val["val_loss"], val["val_top1"],
-                         val["val_top5"], metrics["images_per_s"], seconds,
-                         f"  ({metrics['bad_files']} unreadable images skipped)" if metrics["bad_files"] else "")
+                log.info(
+                    "epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  %.0f img/s  %.1fs%s",
+                    epoch + 1,
+                    cfg.epochs,
+                    metrics["train_loss"],
+                    val["val_loss"],
+                    val["val_top1"],
+                    val["val_top5"],
+                    metrics["images_per_s"],
+                    seconds,
+                    f"  ({metrics['bad_files']} unreadable images skipped)" if metrics["bad_files"] else "",
+                )
             state["best_top1"] = max(state["best_top1"], val["val_top1"])
     return metrics
 
@@ -557,8 +617,13 @@ def _restore(path: Path, model: GoogLeNet, optimizer, ema: EMA | None, device: t
     if ts["rng_cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(ts["rng_cuda"], device)
     log.info("resuming from %s at epoch %d step %d", path, ts["epoch"] + 1, ts["step"])
-    return dict(epoch=ts["epoch"], step=ts["step"], global_step=ts["global_step"], best_top1=ts["best_top1"],
-                partial=ts.get("partial"))
+    return dict(
+        epoch=ts["epoch"],
+        step=ts["step"],
+        global_step=ts["global_step"],
+        best_top1=ts["best_top1"],
+        partial=ts.get("partial"),
+    )
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:
@@ -586,4 +651,3 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(png_path)
-

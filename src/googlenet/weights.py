@@ -17,8 +17,13 @@ from googlenet.checkpoint import CheckpointError, save_checkpoint, strip_wrapper
 from googlenet.data import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
 from googlenet.model import GoogLeNet, create_model
 
-IMAGENET_PREPROCESS = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "grayscale": False,
-                       "resize_ratio": RESIZE_RATIO, "img_size": 224}
+IMAGENET_PREPROCESS = {
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+    "grayscale": False,
+    "resize_ratio": RESIZE_RATIO,
+    "img_size": 224,
+}
 
 
 def imagenet_categories() -> list[str]:
@@ -33,15 +38,18 @@ def _class_names(num_classes: int) -> list[str]:
 
 
 def _save_imported(model: GoogLeNet, out: str | Path, source: str) -> None:
-    save_checkpoint(out, {
-        "model_config": model.config.to_dict(),
-        "class_names": _class_names(model.config.num_classes),
-        "preprocess": dict(IMAGENET_PREPROCESS),
-        "model": model.state_dict(),
-        "config": {"imported_from": source},
-        "metrics": None,
-        "train_state": None,
-    })
+    save_checkpoint(
+        out,
+        {
+            "model_config": model.config.to_dict(),
+            "class_names": _class_names(model.config.num_classes),
+            "preprocess": dict(IMAGENET_PREPROCESS),
+            "model": model.state_dict(),
+            "config": {"imported_from": source},
+            "metrics": None,
+            "train_state": None,
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------ torchvision
@@ -85,17 +93,30 @@ def import_torchvision(path: str | Path, out: str | Path) -> GoogLeNet:
 
 # ------------------------------------------------------------------------------------------------ Caffe
 
+
 def caffe_layer_map() -> dict[str, str]:
     """Caffe layer name -> our parameter prefix, for bvlc_googlenet's names (its train_val.prototxt)."""
-    names = {"conv1/7x7_s2": "conv1.conv", "conv2/3x3_reduce": "conv2.conv", "conv2/3x3": "conv3.conv",
-             "loss3/classifier": "fc"}
-    branches = {"1x1": "branch1.conv", "3x3_reduce": "branch2.0.conv", "3x3": "branch2.1.conv",
-                "5x5_reduce": "branch3.0.conv", "5x5": "branch3.1.conv", "pool_proj": "branch4.1.conv"}
+    names = {
+        "conv1/7x7_s2": "conv1.conv",
+        "conv2/3x3_reduce": "conv2.conv",
+        "conv2/3x3": "conv3.conv",
+        "loss3/classifier": "fc",
+    }
+    branches = {
+        "1x1": "branch1.conv",
+        "3x3_reduce": "branch2.0.conv",
+        "3x3": "branch2.1.conv",
+        "5x5_reduce": "branch3.0.conv",
+        "5x5": "branch3.1.conv",
+        "pool_proj": "branch4.1.conv",
+    }
     for block in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"):
         for caffe, ours in branches.items():
             names[f"inception_{block}/{caffe}"] = f"inception{block}.{ours}"
     for loss, aux in (("loss1", "aux1"), ("loss2", "aux2")):  # loss1 hangs on 4a, loss2 on 4d
-        names.update({f"{loss}/conv": f"{aux}.conv.conv", f"{loss}/fc": f"{aux}.fc1", f"{loss}/classifier": f"{aux}.fc2"})
+        names.update(
+            {f"{loss}/conv": f"{aux}.conv.conv", f"{loss}/fc": f"{aux}.fc1", f"{loss}/classifier": f"{aux}.fc2"}
+        )
     return names
 
 
@@ -207,8 +228,10 @@ def caffe_to_model(layers: dict[str, list[Tensor]]) -> GoogLeNet:
         for suffix, blob in zip(("weight", "bias"), blobs):
             key = f"{prefix}.{suffix}"
             if blob.numel() != state[key].numel():
-                raise CheckpointError(f"caffe layer {caffe_name} {suffix}: shape {tuple(blob.shape)} does not fit "
-                                      f"{key} {tuple(state[key].shape)}")
+                raise CheckpointError(
+                    f"caffe layer {caffe_name} {suffix}: shape {tuple(blob.shape)} does not fit "
+                    f"{key} {tuple(state[key].shape)}"
+                )
             state[key] = blob.reshape(state[key].shape)
             loaded.add(key)
     unfilled = sorted(set(state) - loaded)

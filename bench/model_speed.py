@@ -1,0 +1,153 @@
+"""Model-only speed: torchvision's googlenet (the baseline) and ours, in one process, same inputs.
+
+Training step (SGD, both auxiliary heads, loss x0.3) and inference, images/s, median of repetitions after
+warm-up; bf16 autocast + channels_last on CUDA; optional torch.compile with its compile time reported apart.
+The torchvision-compatible variant loads torchvision's weights and its logits are compared, so a speed
+difference never hides a different function.
+
+    python bench/model_speed.py                 # batch 256 at 224 px on the GPU
+    python bench/model_speed.py --compile       # also compiled (minutes of compile time)
+    python bench/model_speed.py --quick         # seconds on a CPU: checks the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from googlenet import create_model  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, warmup: int, iters: int, reps: int) -> float:
+    """Median seconds per call over ``reps`` repetitions of ``iters`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times)
+
+
+def torchvision_train_outputs(model, x):
+    out = model(x)  # train mode: (logits, aux_logits2, aux_logits1)
+    return out.logits, out.aux_logits1, out.aux_logits2
+
+
+def ours_train_outputs(model, x):
+    return tuple(model(x, with_aux=True))
+
+
+def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> dict:
+    use_bf16 = device.type == "cuda"
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    x = x.to(device, memory_format=fmt)
+    y = y.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    train_model = eval_model = model
+    compile_s = 0.0
+    if compile_model:
+        train_model = torch.compile(model)
+        eval_model = train_model
+
+    def ctx():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def train_step():
+        with ctx():
+            main, a1, a2 = outputs_fn(train_model, x)
+            loss = F.cross_entropy(main.float(), y) + 0.3 * (F.cross_entropy(a1.float(), y) + F.cross_entropy(a2.float(), y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def infer():
+        with ctx():
+            return eval_model(x)
+
+    model.train()
+    if compile_model:
+        t0 = time.perf_counter()
+        train_step()
+        sync(device)
+        compile_s += time.perf_counter() - t0
+    train_s = timed(train_step, device, args.warmup, args.iters, args.reps)
+    model.eval()
+    if compile_model:
+        t0 = time.perf_counter()
+        infer()
+        sync(device)
+        compile_s += time.perf_counter() - t0
+    infer_s = timed(infer, device, args.warmup, args.iters, args.reps)
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"name": name + (" compiled" if compile_model else ""), "train": len(x) / train_s,
+            "infer": len(x) / infer_s, "compile_s": compile_s, "mem_gib": mem}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on any device (a smoke test)")
+    args = p.parse_args()
+    if args.quick:
+        args.batch, args.img_size, args.warmup, args.iters, args.reps = 2, 64, 1, 1, 2
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    torch.backends.cudnn.benchmark = True
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}; bf16 autocast + channels_last on CUDA; median of {args.reps}x{args.iters}")
+
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
+    y = torch.randint(0, 1000, (args.batch,))
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    ours_bn = create_model("googlenet_bn")
+    ours_bn.load_state_dict(tv.state_dict(), strict=True)
+    with torch.no_grad():
+        diff = (tv.eval()(x[:2]) - ours_bn.eval()(x[:2])).abs().max().item()
+    print(f"# logits check, torchvision vs googlenet_bn with the same weights (fp32, eval): max |diff| {diff:.2e}")
+    assert diff < 1e-3, "googlenet_bn does not reproduce torchvision"
+
+    rows = []
+    for compiled in [False] + ([True] if args.compile else []):
+        rows.append(bench("torchvision googlenet", tv, torchvision_train_outputs, x, y, device, args, compiled))
+        rows.append(bench("ours googlenet_bn", ours_bn, ours_train_outputs, x, y, device, args, compiled))
+        paper = create_model("googlenet")
+        rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
+    base = {r["name"].endswith("compiled"): r for r in rows if r["name"].startswith("torchvision")}
+    print(f"\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = base[r["name"].endswith("compiled")]
+        print(f"| {r['name']} | {r['train']:,.0f} | {r['train'] / b['train']:.2f} | {r['infer']:,.0f} | "
+              f"{r['infer'] / b['infer']:.2f} | {r['compile_s']:.0f} | {r['mem_gib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
