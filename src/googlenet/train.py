@@ -70,6 +70,7 @@ class TrainConfig:
     step_epochs: float = _f(8.0, "step schedule: epochs between decays (paper: 8)")
     step_gamma: float = _f(0.96, "step schedule: multiplier per step (paper: 0.96, i.e. -4%)")
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy")
+    grad_clip: float | None = _f(None, "clip the global gradient norm to this (stabilises the BN-free network)")
     aux_logits: bool = _f(True, "train with the two auxiliary classifiers")
     aux_weight: float = _f(0.3, "weight of each auxiliary loss (paper: 0.3)")
     dropout: float | None = _f(None, "main-head dropout (default: the variant's, 0.4 paper / 0.2 bn)")
@@ -169,11 +170,10 @@ class EMA:
         # Short warm-up so the average is not dominated by the random initial weights.
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         src = unwrap(model)
-        ema_p = [p for p in self.model.parameters()]
-        src_p = [p.detach() for p in src.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1 - d)
-        for b_ema, b in zip(self.model.buffers(), src.buffers()):
-            b_ema.copy_(b)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in src.parameters()], 1 - d)
+        buffers = list(self.model.buffers())
+        if buffers:  # one fused copy, not one kernel per BatchNorm buffer
+            torch._foreach_copy_(buffers, list(src.buffers()))
 
 
 # ------------------------------------------------------------------------------------------------- loop
@@ -203,6 +203,7 @@ class StepContext:
 
     optimizer: torch.optim.Optimizer
     lr_of_step: Any  # callable: global step -> learning rate
+    grad_clip: float | None
     aux_weight: float
     smoothing: float
     autocast: Any  # callable returning a context manager
@@ -237,6 +238,9 @@ def train_one_epoch(model: nn.Module, batches, ctx: StepContext, global_step: in
             loss = googlenet_loss(outputs, labels, ctx.aux_weight, ctx.smoothing)
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if ctx.grad_clip is not None:  # foreach implementation: no host sync
+                params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip, foreach=True)
             ctx.optimizer.step()
             if ctx.ema is not None:
                 ctx.ema.update(model)
@@ -510,6 +514,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
         ctx = StepContext(
             optimizer,
             lambda s: cfg.lr * lr_factor(s, steps_per_epoch, cfg),
+            cfg.grad_clip,
             cfg.aux_weight,
             cfg.label_smoothing,
             autocast,
