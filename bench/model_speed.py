@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from googlenet import create_model  # noqa: E402
+from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
+from googlenet.train import googlenet_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -74,8 +74,7 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> d
 
     def train_step():
         with ctx():
-            main, a1, a2 = outputs_fn(train_model, x)
-            loss = F.cross_entropy(main.float(), y) + 0.3 * (F.cross_entropy(a1.float(), y) + F.cross_entropy(a2.float(), y))
+            loss = googlenet_loss(GoogLeNetOutputs(*outputs_fn(train_model, x)), y, 0.3, 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,8 +99,13 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> d
         compile_s += time.perf_counter() - t0
     infer_s = timed(infer, device, args.warmup, args.iters, args.reps)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return {"name": name + (" compiled" if compile_model else ""), "train": len(x) / train_s,
-            "infer": len(x) / infer_s, "compile_s": compile_s, "mem_gib": mem}
+    return {
+        "name": name + (" compiled" if compile_model else ""),
+        "train": len(x) / train_s,
+        "infer": len(x) / infer_s,
+        "compile_s": compile_s,
+        "mem_gib": mem,
+    }
 
 
 def main() -> None:
@@ -119,9 +123,11 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     torch.backends.cudnn.benchmark = True
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}; bf16 autocast + channels_last on CUDA; median of {args.reps}x{args.iters}")
+    print(
+        f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}; bf16 autocast + channels_last on CUDA; median of {args.reps}x{args.iters}"
+    )
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
@@ -141,12 +147,14 @@ def main() -> None:
         paper = create_model("googlenet")
         rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
     base = {r["name"].endswith("compiled"): r for r in rows if r["name"].startswith("torchvision")}
-    print(f"\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
+    print("\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         b = base[r["name"].endswith("compiled")]
-        print(f"| {r['name']} | {r['train']:,.0f} | {r['train'] / b['train']:.2f} | {r['infer']:,.0f} | "
-              f"{r['infer'] / b['infer']:.2f} | {r['compile_s']:.0f} | {r['mem_gib']:.1f} |")
+        print(
+            f"| {r['name']} | {r['train']:,.0f} | {r['train'] / b['train']:.2f} | {r['infer']:,.0f} | "
+            f"{r['infer'] / b['infer']:.2f} | {r['compile_s']:.0f} | {r['mem_gib']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def export_onnx(
                 input_names=["input"],
                 output_names=["logits"],
                 dynamic_shapes=({0: batch},),
+                verbose=False,
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,

@@ -1,0 +1,148 @@
+"""CPU speed, baseline and ours in one process: the data path per core, and predict beside onnxruntime.
+
+Data path: the standard pipeline (PIL decode, RandomResizedCrop, flip, ToTensor, Normalize: what
+ImageFolder + torchvision.transforms does in each loader worker) against ours (torchvision.io decode and a
+uint8 crop in the worker; normalisation happens batched on the training device). One process, one thread,
+so the numbers are per core. The validation transforms of both are compared pixel by pixel.
+
+Predict: batch of 224 px images through the eager model and through onnxruntime running the exported graph.
+
+    python bench/cpu_speed.py            # ~2 minutes on 2 cores
+    python bench/cpu_speed.py --quick    # seconds: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from googlenet import create_model  # noqa: E402
+from googlenet.data import CropSpec, crop_image, decode_rgb, sample_generator  # noqa: E402
+from googlenet.export import export_onnx  # noqa: E402
+
+
+def make_jpegs(folder: Path, n: int, size=(375, 500)) -> list[Path]:
+    """Photo-like JPEGs (smooth gradients, shapes, mild noise) at ImageNet's typical 500x375."""
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    paths = []
+    for i in range(n):
+        a = torch.rand(3, 3, generator=g)
+        img = a[:, 0:1, None] * xs + a[:, 1:2, None] * ys + a[:, 2:3, None] * (xs * ys)
+        cy, cx, r = torch.rand(3, generator=g).tolist()
+        img = img + 0.5 * (((ys - cy) ** 2 + (xs - cx) ** 2) < (0.1 + 0.2 * r) ** 2).float()
+        img = img + 0.03 * torch.randn(3, h, w, generator=g)
+        arr = (img / img.amax().clamp(min=1e-6) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        path = folder / f"img_{i:04d}.JPEG"
+        Image.fromarray(arr).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def rate(fn, items, reps: int) -> float:
+    """Median items/s over ``reps`` passes (after one warm-up pass)."""
+    fn(items[0])
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for it in items:
+            fn(it)
+        times.append(time.perf_counter() - t0)
+    return len(items) / statistics.median(times)
+
+
+def data_path(paths: list[Path], reps: int) -> list[tuple[str, float]]:
+    normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    standard = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    spec = CropSpec(train=True)
+
+    def baseline(p):
+        with open(p, "rb") as f:
+            img = Image.open(f).convert("RGB")  # torchvision's default ImageFolder loader
+        return standard(img)
+
+    def ours(p):
+        return crop_image(decode_rgb(p), 224, spec, sample_generator(0, 0, 0))
+
+    return [
+        ("standard: PIL + RandomResizedCrop + ToTensor + Normalize", rate(baseline, paths, reps)),
+        ("ours: torchvision.io decode + uint8 random-resized crop", rate(ours, paths, reps)),
+    ]
+
+
+def check_eval_transform(paths: list[Path]) -> float:
+    """Mean |difference| (0-255 levels) between ours and the standard Resize(256)+CenterCrop(224)."""
+    standard = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    diffs = []
+    for p in paths[:20]:
+        ref = standard(Image.open(p).convert("RGB")).float()
+        got = crop_image(decode_rgb(p), 224, CropSpec(train=False), None).float()
+        diffs.append((ref - got).abs().mean().item())
+    return sum(diffs) / len(diffs)
+
+
+def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str, float, float]]:
+    import onnxruntime as ort
+
+    rows = []
+    x = torch.randn(batch, 3, size, size)
+    for name in ("googlenet", "googlenet_bn"):
+        model = create_model(name, aux_logits=False).eval()
+        onnx_path = tmp / f"{name}.onnx"
+        export_onnx(model, onnx_path, size)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            eager = rate(lambda _, m=model: m(x), [None], reps) * batch
+            diff = (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - model(x)).abs().max().item()
+        ort_rate = rate(lambda _, s=session: s.run(None, {"input": x.numpy()}), [None], reps) * batch
+        rows += [(f"{name} PyTorch eager", eager, 0.0), (f"{name} onnxruntime", ort_rate, diff)]
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.images, args.reps = 8, 1
+    print(
+        f"# CPU speed, {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"python {platform.python_version()}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_jpegs(tmp, args.images)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per core, as one loader worker
+        rows = data_path(paths, args.reps)
+        diff = check_eval_transform(paths)
+        torch.set_num_threads(threads)
+        print(f"\n## Data path, one core, {args.images} JPEGs of 500x375 -> 224 px (median of {args.reps})\n")
+        print("| pipeline | images/s per core | x standard |\n|---|---|---|")
+        for name, r in rows:
+            print(f"| {name} | {r:,.0f} | {r / rows[0][1]:.2f} |")
+        print(f"\nEval transform check (resize 256 + centre crop 224): mean |ours - standard| = {diff:.2f} / 255")
+        batch, size = (2, 64) if args.quick else (32, 224)
+        print(f"\n## Predict, batch {batch} at {size} px, {threads} threads (median of {args.reps})\n")
+        print("| model / runtime | images/s | max abs logit diff vs eager |\n|---|---|---|")
+        for name, r, d in predict_speed(batch, size, args.reps, tmp):
+            print(f"| {name} | {r:,.1f} | {d:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The benchmark scripts run in --quick mode, so they never rot (speed itself is not asserted)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench/model_speed.py", "bench/cpu_speed.py"])
+def test_bench_quick_mode(script):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) >= 4  # header and one row per pipeline / model
+
+
+@pytest.mark.slow
+def test_gpu_session_script_quick_mode(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "fm_googlenet" / "metrics.jsonl").is_file()
+    assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
