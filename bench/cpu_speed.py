@@ -136,7 +136,7 @@ def main() -> None:
         print("| pipeline | images/s per core | x standard |\n|---|---|---|")
         for name, r in rows:
             print(f"| {name} | {r:,.0f} | {r / rows[0][1]:.2f} |")
-        print(f"\nEval transform check (resize 256 + centre crop 224): mean |ours - standard| = {diff:.2f} / 255")
+        print(f"\nEval transform check (resize 256 + centre crop 224): mean |ours - standard| = {diff:.3f} / 255")
         batch, size = (2, 64) if args.quick else (32, 224)
         print(f"\n## Predict, batch {batch} at {size} px, {threads} threads (median of {args.reps})\n")
         print("| model / runtime | images/s | max abs logit diff vs eager |\n|---|---|---|")

@@ -28,7 +28,7 @@ wait
 for model in googlenet googlenet_bn; do
   tail -n 3 "$OUT/fm_$model.log"
   if [ -f "$OUT/fm_$model/checkpoint_best.pt" ]; then
-    crops_list="1"; [ $model = googlenet ] && crops_list="1 10"
+    crops_list="1"; [ $model = googlenet ] && [ $quick = 0 ] && crops_list="1 10"
     for crops in $crops_list; do
       $PY -m googlenet eval --checkpoint "$OUT/fm_$model/checkpoint_best.pt" --data fashion-mnist --crops $crops \
         --json "$OUT/fm_$model/eval_${crops}crop.json" --batch-size 256 | head -n 1

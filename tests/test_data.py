@@ -9,7 +9,7 @@ from PIL import Image
 
 from googlenet import config as C
 from googlenet import train
-from googlenet.augment import crop_resize, random_resized_boxes
+from googlenet.augment import crop_resize, random_resized_box, random_resized_boxes
 from googlenet.batches import epoch_batches, local_slice
 from googlenet.data import DataError, _read_idx, decode_rgb, scan_split
 
@@ -143,6 +143,18 @@ def test_random_resized_boxes_follow_the_paper_ranges():
     assert area.std().item() == pytest.approx(torch.tensor(tv_area).std().item(), abs=0.02)
 
 
+def test_per_image_box_sampler_equals_the_batched_one():
+    sizes = [(375, 500), (500, 375), (1, 1), (10, 400), (400, 10), (224, 224), (33, 31)]
+    for i in range(200):
+        h, w = sizes[i % len(sizes)]
+        scale = (0.08, 1.0) if i % 2 else (0.9, 1.0)  # the narrow range forces the centre fallback often
+        batched = random_resized_boxes(
+            torch.tensor([h]), torch.tensor([w]), scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(i)
+        )[0]
+        single = random_resized_box(h, w, scale, (3 / 4, 4 / 3), torch.Generator().manual_seed(i))
+        assert tuple(int(v) for v in batched) == single, (h, w, i)
+
+
 def test_crop_resize_of_the_whole_image_is_identity_and_boxes_cut_where_they_say():
     ys, xs = torch.meshgrid(torch.arange(20.0), torch.arange(30.0), indexing="ij")
     img = torch.stack([xs, ys, xs * 0]).unsqueeze(0)  # pixel values encode their own coordinates
@@ -162,3 +174,33 @@ def test_sharding_partitions_each_global_batch():
     for b in batches:
         parts = [b[local_slice(b, r, 4)] for r in range(4)]
         assert torch.equal(torch.cat(parts), b)
+
+
+def _write_idx_gz(path, tensor):
+    import gzip
+
+    header = bytes([0, 0, 8, tensor.dim()]) + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + tensor.numpy().tobytes())
+
+
+def test_fashion_mnist_found_through_googlenet_data(tmp_path, monkeypatch):
+    from googlenet.data import load_fashion_mnist
+
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    labels = torch.tensor([0, 9, 3, 3, 1], dtype=torch.uint8)
+    _write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx_gz(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setenv("GOOGLENET_DATA", str(tmp_path))
+    x, y = load_fashion_mnist("test")
+    assert torch.equal(x, images) and torch.equal(y, labels.long())
+
+
+def test_real_fashion_mnist_when_installed():
+    from googlenet.data import DEBIAN_FASHION_MNIST, load_fashion_mnist
+
+    if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("dataset-fashion-mnist not installed")
+    x, y = load_fashion_mnist("test")
+    assert x.shape == (10_000, 28, 28) and y.shape == (10_000,)
+    assert torch.bincount(y).tolist() == [1000] * 10  # the test split is balanced

@@ -22,6 +22,11 @@ PAPER_CROP_RATIO = (3 / 4, 4 / 3)
 _ATTEMPTS = 10  # as torchvision's RandomResizedCrop, then fall back to a centre crop
 
 
+def _uniforms(n: int, generator: torch.Generator | None) -> Tensor:
+    """[n, 2 * tries + 2] uniforms: area fractions, log aspect ratios, then the x and y offsets."""
+    return torch.rand(n, 2 * _ATTEMPTS + 2, dtype=torch.float64, generator=generator)
+
+
 def random_resized_boxes(
     heights: Tensor,
     widths: Tensor,
@@ -32,7 +37,8 @@ def random_resized_boxes(
     """Sample one crop box per image, as torchvision's RandomResizedCrop does, for a whole batch at once.
 
     Area fraction uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``; up to 10 tries per image,
-    then a centre crop with the aspect ratio clamped into ``ratio``.
+    then a centre crop with the aspect ratio clamped into ``ratio``. :func:`random_resized_box` is the same
+    sampler for one image without tensor overhead (same random draws, same boxes).
 
     Args:
         heights, widths: int64 tensors [N] of image sizes (on the CPU).
@@ -42,12 +48,11 @@ def random_resized_boxes(
         float64 tensor [N, 4] of integer-valued boxes (x0, y0, x1, y1), x1 - x0 = crop width.
     """
     n = heights.numel()
+    u = _uniforms(n, generator)
     h_img, w_img = heights.double().unsqueeze(1), widths.double().unsqueeze(1)
-    area = h_img * w_img * torch.empty(n, _ATTEMPTS, dtype=torch.float64).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n, _ATTEMPTS, dtype=torch.float64).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator
-    )
-    aspect = torch.exp(log_r)
+    area = h_img * w_img * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
     cw = torch.round(torch.sqrt(area * aspect))
     ch = torch.round(torch.sqrt(area / aspect))
     valid = (cw > 0) & (ch > 0) & (cw <= w_img) & (ch <= h_img)
@@ -56,16 +61,39 @@ def random_resized_boxes(
     ok = valid.any(dim=1)
 
     # Fallback: the largest centre crop whose aspect ratio lies in the allowed range.
-    hi, wi = heights.double(), widths.double()
-    in_ratio = wi / hi
-    fw = torch.where(in_ratio < ratio[0], wi, torch.where(in_ratio > ratio[1], torch.round(hi * ratio[1]), wi))
-    fh = torch.where(in_ratio < ratio[0], torch.round(wi / ratio[0]), hi)
+    hi_, wi = heights.double(), widths.double()
+    in_ratio = wi / hi_
+    fw = torch.where(in_ratio > ratio[1], torch.round(hi_ * ratio[1]), wi)
+    fh = torch.where(in_ratio < ratio[0], torch.round(wi / ratio[0]), hi_)
     cw, ch = torch.where(ok, cw, fw), torch.where(ok, ch, fh)
 
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
-    x0 = torch.where(ok, torch.floor(u[:, 0] * (wi - cw + 1)), torch.round((wi - cw) / 2))
-    y0 = torch.where(ok, torch.floor(u[:, 1] * (hi - ch + 1)), torch.round((hi - ch) / 2))
+    x0 = torch.where(ok, torch.floor(u[:, -2] * (wi - cw + 1)), torch.round((wi - cw) / 2))
+    y0 = torch.where(ok, torch.floor(u[:, -1] * (hi_ - ch + 1)), torch.round((hi_ - ch) / 2))
     return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+
+def random_resized_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = PAPER_CROP_SCALE,
+    ratio: tuple[float, float] = PAPER_CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """:func:`random_resized_boxes` for one image in plain Python: the per-image loader path (~30x faster)."""
+    u = _uniforms(1, generator)[0].tolist()
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for i in range(_ATTEMPTS):
+        area = height * width * (scale[0] + (scale[1] - scale[0]) * u[i])
+        aspect = math.exp(lo + (hi - lo) * u[_ATTEMPTS + i])
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= width and 0 < ch <= height:
+            x0, y0 = math.floor(u[-2] * (width - cw + 1)), math.floor(u[-1] * (height - ch + 1))
+            return x0, y0, x0 + cw, y0 + ch
+    in_ratio = width / height
+    cw = round(height * ratio[1]) if in_ratio > ratio[1] else width
+    ch = round(width / ratio[0]) if in_ratio < ratio[0] else height
+    x0, y0 = round((width - cw) / 2), round((height - ch) / 2)
+    return x0, y0, x0 + cw, y0 + ch
 
 
 def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:

@@ -23,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from googlenet.augment import PAPER_CROP_RATIO, PAPER_CROP_SCALE, random_resized_boxes
+from googlenet.augment import PAPER_CROP_RATIO, PAPER_CROP_SCALE, random_resized_box
 
 log = logging.getLogger("googlenet")
 
@@ -256,8 +256,7 @@ def crop_image(img: Tensor, size: int, spec: CropSpec, g: torch.Generator | None
         img = TF.resize(img, [short], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return TF.center_crop(img, [size, size])
     h, w = img.shape[-2:]
-    box = random_resized_boxes(torch.tensor([h]), torch.tensor([w]), spec.scale, spec.ratio, g)[0]
-    x0, y0, x1, y1 = (int(v) for v in box)
+    x0, y0, x1, y1 = random_resized_box(h, w, spec.scale, spec.ratio, g)
     mode, antialias = INTERPOLATIONS[0]
     if spec.random_interpolation:
         mode, antialias = INTERPOLATIONS[int(torch.randint(len(INTERPOLATIONS), (1,), generator=g))]
