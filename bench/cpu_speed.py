@@ -51,16 +51,18 @@ def make_jpegs(folder: Path, n: int, size=(375, 500)) -> list[Path]:
     return paths
 
 
-def rate(fn, items, reps: int) -> float:
-    """Median items/s over ``reps`` passes (after one warm-up pass)."""
-    fn(items[0])
-    times = []
+def rates(fns: list, items, reps: int) -> list[float]:
+    """Median items/s of each function, the passes interleaved (A B A B ...) so drift hits all alike."""
+    for fn in fns:  # warm-up
+        fn(items[0])
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        for it in items:
-            fn(it)
-        times.append(time.perf_counter() - t0)
-    return len(items) / statistics.median(times)
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            for it in items:
+                fn(it)
+            t.append(time.perf_counter() - t0)
+    return [len(items) / statistics.median(t) for t in times]
 
 
 def data_path(paths: list[Path], reps: int) -> list[tuple[str, float]]:
@@ -76,9 +78,10 @@ def data_path(paths: list[Path], reps: int) -> list[tuple[str, float]]:
     def ours(p):
         return crop_image(decode_rgb(p), 224, spec, sample_generator(0, 0, 0))
 
+    base, fast = rates([baseline, ours], paths, reps)
     return [
-        ("standard: PIL + RandomResizedCrop + ToTensor + Normalize", rate(baseline, paths, reps)),
-        ("ours: torchvision.io decode + uint8 random-resized crop", rate(ours, paths, reps)),
+        ("standard: PIL + RandomResizedCrop + ToTensor + Normalize", base),
+        ("ours: torchvision.io decode + uint8 random-resized crop", fast),
     ]
 
 
@@ -104,9 +107,13 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
         export_onnx(model, onnx_path, size)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         with torch.no_grad():
-            eager = rate(lambda _, m=model: m(x), [None], reps) * batch
             diff = (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - model(x)).abs().max().item()
-        ort_rate = rate(lambda _, s=session: s.run(None, {"input": x.numpy()}), [None], reps) * batch
+            eager, ort_rate = (
+                r * batch
+                for r in rates(
+                    [lambda _, m=model: m(x), lambda _, s=session: s.run(None, {"input": x.numpy()})], [None], reps
+                )
+            )
         rows += [(f"{name} PyTorch eager", eager, 0.0), (f"{name} onnxruntime", ort_rate, diff)]
     return rows
 

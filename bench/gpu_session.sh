@@ -14,7 +14,7 @@ quick=0; [ "${1:-}" = "--quick" ] && quick=1
   date -u; } | tee "$OUT/env.txt"
 
 if [ $quick = 1 ]; then
-  extra=(--epochs 1 --train-subset 512 --val-subset 256 --img-size 32 --batch-size 64 --no-bf16 --device cpu)
+  extra=(--epochs 1 --train-subset 256 --val-subset 128 --img-size 32 --batch-size 32 --no-bf16 --no-compile --device cpu)
   limit=300
 else
   extra=(--device cuda)

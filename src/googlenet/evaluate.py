@@ -21,7 +21,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from googlenet.augment import normalize
 from googlenet.checkpoint import CheckpointError, LoadedModel, open_checkpoint
-from googlenet.data import RESIZE_RATIO, DataError, decode_rgb, load_fashion_mnist, scan_split
+from googlenet.data import (
+    FASHION_MNIST_CLASSES,
+    RESIZE_RATIO,
+    DataError,
+    decode_rgb,
+    load_fashion_mnist,
+    scan_split,
+)
 
 CROP_COUNTS = (1, 10, 144)
 PAPER_SCALES = (256, 288, 320, 352)  # shorter side, at crop size 224
@@ -103,6 +110,8 @@ class EvalImages(torch.utils.data.Dataset):
 def eval_dataset(data: str, class_names: list[str]) -> EvalImages:
     """``fashion-mnist`` (its test split) or a folder: DIR/val if present, else DIR (class folders or flat)."""
     if data == "fashion-mnist":
+        if list(class_names) != list(FASHION_MNIST_CLASSES):
+            raise DataError(f"the checkpoint's {len(class_names)} classes are not Fashion-MNIST's")
         x, y = load_fashion_mnist("test")
         return EvalImages(None, y.tolist(), images=x)
     root = Path(data)
