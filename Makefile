@@ -24,10 +24,12 @@ data:
 		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) && echo "installed dataset-fashion-mnist"; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set GOOGLENET_DATA to a folder with its idx files"; fi
 
-# 2 epochs on 20,000 training images at 32 px: about 4 minutes on 2 CPU cores; prints the test accuracy.
+# The Fashion-MNIST recipe shortened to 3 epochs on 30,000 training images at 32 px (about 5 minutes of
+# training on 2 CPU cores); prints the test accuracy.
 demo: setup data
-	$(BIN)/googlenet train --config fashion-mnist --img-size 32 --batch-size 128 --lr 0.05 --epochs 2 \
-		--train-subset 20000 --no-bf16 --no-channels-last --no-compile --device cpu --out runs/demo
+	$(BIN)/googlenet train --config fashion-mnist --img-size 32 --batch-size 128 --lr 0.05 --epochs 3 \
+		--warmup-epochs 0.5 --train-subset 30000 --no-bf16 --no-channels-last --no-compile --device cpu \
+		--out runs/demo
 
 test: setup data
 	$(BIN)/ruff check src tests bench

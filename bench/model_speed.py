@@ -84,19 +84,17 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> d
         with ctx():
             return eval_model(x)
 
-    model.train()
-    if compile_model:
+    def first_call_seconds(fn) -> float:  # compilation happens in the first call
         t0 = time.perf_counter()
-        train_step()
+        fn()
         sync(device)
-        compile_s += time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    model.train()
+    compile_s += first_call_seconds(train_step) if compile_model else 0.0
     train_s = timed(train_step, device, args.warmup, args.iters, args.reps)
     model.eval()
-    if compile_model:
-        t0 = time.perf_counter()
-        infer()
-        sync(device)
-        compile_s += time.perf_counter() - t0
+    compile_s += first_call_seconds(infer) if compile_model else 0.0
     infer_s = timed(infer, device, args.warmup, args.iters, args.reps)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {

@@ -6,6 +6,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, encode_png
 
+from googlenet import config as C
+from googlenet import train
+
 
 def class_image(label: int, index: int, size: tuple[int, int] = (40, 48)) -> torch.Tensor:
     """A uint8 RGB image whose class shows in its colour and stripe direction (learnable at 32 px)."""
@@ -39,3 +42,19 @@ def make_image_folder(root: Path, classes: int = 3, train_per_class: int = 8, va
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+def small_config(data, out, **kw):
+    base = dict(
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        batch_size=8,
+        img_size=32,
+        lr=0.02,
+        workers=0,
+        warmup_epochs=0.0,
+        log_every=1000,
+        seed=3,
+    )
+    return C.resolve(train.TrainConfig, None, {**base, **kw})

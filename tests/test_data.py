@@ -7,13 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from googlenet import config as C
 from googlenet import train
 from googlenet.augment import crop_resize, random_resized_box, random_resized_boxes
 from googlenet.batches import epoch_batches, local_slice
 from googlenet.data import DataError, _read_idx, decode_rgb, scan_split
 
-from .conftest import class_image, make_image_folder, write_image
+from .conftest import class_image, make_image_folder, small_config, write_image
 
 
 def _pil_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -64,20 +63,7 @@ def test_training_skips_bad_files_and_counts_them(image_folder, tmp_path):
     expected = awkward_files(image_folder / "train" / "class_1")
     bad = sum(not ok for ok in expected.values())
     out = tmp_path / "run"
-    cfg = C.resolve(
-        train.TrainConfig,
-        None,
-        dict(
-            data=str(image_folder),
-            out=str(out),
-            epochs=1,
-            batch_size=8,
-            img_size=32,
-            workers=2,
-            log_every=1000,
-            model="googlenet_bn",
-        ),
-    )
+    cfg = small_config(image_folder, out, epochs=1, workers=2, model="googlenet_bn")
     train.run(cfg)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     # Shuffled batches of 8 over 32 files, last partial batch dropped: every file is seen once.

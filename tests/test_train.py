@@ -12,21 +12,7 @@ from googlenet import create_model, load_checkpoint, train
 from googlenet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from googlenet.data import DataError
 
-
-def small_config(data, out, **kw):
-    base = dict(
-        data=str(data),
-        out=str(out),
-        epochs=2,
-        batch_size=8,
-        img_size=32,
-        lr=0.02,
-        workers=0,
-        warmup_epochs=0.0,
-        log_every=1000,
-        seed=3,
-    )
-    return C.resolve(train.TrainConfig, None, {**base, **kw})
+from .conftest import small_config
 
 
 def read_metrics(run_dir):
