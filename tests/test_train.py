@@ -192,3 +192,25 @@ def test_progressive_resizing_ramps_to_the_final_size():
     sizes = [train.img_size_at(e, cfg) for e in range(8)]
     assert sizes[0] == 160 and sizes[-1] == 192 and sizes == sorted(sizes)
     assert all(s % 8 == 0 for s in sizes)
+
+
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
+def test_imagenet_recipes_run_end_to_end_on_a_small_folder(image_folder, tmp_path, recipe):
+    # Photometric distortions, random interpolation, progressive resizing and EMA all take part.
+    overrides = dict(
+        data=str(image_folder),
+        out=str(tmp_path / recipe),
+        epochs=2,
+        batch_size=8,
+        img_size=32,
+        workers=0,
+        log_every=1000,
+        compile=False,
+        bf16=False,
+        channels_last=False,
+    )
+    if recipe == "fast":
+        overrides.update(img_size_start=32, img_size=40, eval_img_size=48)
+    metrics = train.run(C.resolve(train.TrainConfig, recipe, overrides))
+    assert metrics["epoch"] == 2 and math.isfinite(metrics["train_loss"])
+    assert metrics["img_size"] == (40 if recipe == "fast" else 32)
