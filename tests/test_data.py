@@ -190,3 +190,38 @@ def test_real_fashion_mnist_when_installed():
     x, y = load_fashion_mnist("test")
     assert x.shape == (10_000, 28, 28) and y.shape == (10_000,)
     assert torch.bincount(y).tolist() == [1000] * 10  # the test split is balanced
+
+
+def test_ragged_crop_equals_per_image_crops_at_the_edges_too():
+    from googlenet.augment import crop_resize_ragged
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in [(30, 50), (45, 20), (8, 9)]]
+    boxes = torch.tensor([[0.0, 0.0, 50.0, 30.0], [3.0, 20.0, 20.0, 45.0], [1.0, 2.0, 6.0, 7.0]])
+    got = crop_resize_ragged(images, boxes, 16)
+    for img, box, out in zip(images, boxes, got):
+        expected = crop_resize(img.float().unsqueeze(0), box.unsqueeze(0).double(), 16)[0]
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("train_split", [True, False])
+def test_device_decode_path_matches_the_worker_path(image_folder, train_split):
+    from googlenet.batches import Augmentation, FolderSource, folder_crop_spec
+    from googlenet.data import ImageFolderDataset
+
+    # Mixed sizes, a PNG among JPEGs (forces the per-file fallback) and one undecodable file.
+    split = image_folder / ("train" if train_split else "val") / "class_0"
+    write_image(split / "big.png", class_image(0, 99, size=(90, 61)))
+    (split / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
+    index = scan_split(image_folder / ("train" if train_split else "val"))
+    aug = Augmentation(crop_scale=(0.3, 1.0), hflip=True)
+    kw = dict(batch_size=len(index.files), mean=(0.0,) * 3, std=(1.0,) * 3, aug=aug, workers=0, seed=4)
+    spec = folder_crop_spec(aug, train_split)
+    worker = FolderSource(ImageFolderDataset(index, spec, seed=4), **kw)
+    device = FolderSource(ImageFolderDataset(index, spec, seed=4), decode_on_device=True, **kw)
+    (xw, yw, bad_w), (xd, yd, bad_d) = next(worker.batches(1, 32)), next(device.batches(1, 32))
+    assert len(bad_w) == len(bad_d) == 1 and "broken.JPEG" in bad_d[0]
+    assert torch.equal(yw, yd) and xw.shape == xd.shape
+    # Same boxes and flips; only the resampling differs (antialiased resize vs roi_align averaging).
+    assert (xw - xd).abs().mean() < 0.01
+    assert (xw - xd.flip(-1)).abs().mean() > 0.05  # and a mirrored crop would not pass: the check can fail

@@ -153,3 +153,53 @@ def resize_square(images: Tensor, size: int) -> Tensor:
     if images.shape[-2:] == (size, size):
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def crop_resize_ragged(images: list[Tensor], boxes: Tensor, size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """:func:`crop_resize` for images of different sizes: one ``roi_align`` over a canvas holding them all.
+
+    Each image [3, Hi, Wi] (uint8 or float, on one device) is placed on a tall canvas with a one-pixel
+    replicated border, so sampling at its edges clamps exactly as it would on the image alone. One batched
+    kernel replaces a Python loop of per-image resizes (the slow part of per-image GPU augmentation).
+
+    Returns:
+        [N, 3, size, size] of ``dtype`` in the images' value range.
+    """
+    device = images[0].device
+    heights = [img.shape[-2] + 2 for img in images]
+    width = max(img.shape[-1] for img in images) + 2
+    canvas = torch.zeros(images[0].shape[0], sum(heights), width, device=device, dtype=dtype)
+    offsets = []
+    row = 0
+    for img, h in zip(images, heights):
+        padded = F.pad(img.to(dtype).unsqueeze(0), (1, 1, 1, 1), mode="replicate")[0]
+        canvas[:, row : row + h, : padded.shape[-1]] = padded
+        offsets.append(row + 1)
+        row += h
+    shift = torch.tensor([[1.0, off, 1.0, off] for off in offsets], dtype=boxes.dtype)
+    rois = torch.cat([torch.zeros(len(images), 1, dtype=boxes.dtype), boxes + shift], dim=1)
+    return roi_align(
+        canvas.unsqueeze(0),
+        rois.to(device=device, dtype=dtype),
+        output_size=(size, size),
+        spatial_scale=1.0,
+        sampling_ratio=-1,
+        aligned=True,
+    )
+
+
+def centre_boxes(heights: list[int], widths: list[int], size: int, resize_ratio: float) -> Tensor:
+    """Boxes equal to "resize the shorter side to round(size * resize_ratio), then centre-crop size x size".
+
+    The integer rounding follows torchvision's resize and center_crop, so the boxes select the same pixels.
+    """
+    short_target = round(size * resize_ratio)
+    out = []
+    for h, w in zip(heights, widths):
+        short, long = min(h, w), max(h, w)
+        new_long = int(short_target * long / short)
+        new_h, new_w = (short_target, new_long) if h <= w else (new_long, short_target)
+        top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
+        sy, sx = h / new_h, w / new_w  # resized pixel -> original pixel
+        out.append([left * sx, top * sy, (left + size) * sx, (top + size) * sy])
+    return torch.tensor(out, dtype=torch.float64)

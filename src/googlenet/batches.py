@@ -12,18 +12,30 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from googlenet.augment import (
     PAPER_CROP_RATIO,
+    centre_boxes,
     crop_resize,
+    crop_resize_ragged,
     normalize,
     photometric,
     photometric_factors,
     random_flip,
+    random_resized_box,
     random_resized_boxes,
     resize_square,
 )
-from googlenet.data import CropSpec, ImageFolderDataset, collate_skipping_bad
+from googlenet.data import (
+    RESIZE_RATIO,
+    CropSpec,
+    EncodedImageDataset,
+    ImageFolderDataset,
+    collate_skipping_bad,
+    decode_rgb_bytes,
+    sample_generator,
+)
 
 Batch = tuple[Tensor, Tensor, list[str]]
 
@@ -154,7 +166,14 @@ class _KeyedBatchSampler:
 
 
 class FolderSource:
-    """Image files decoded and cropped to uint8 by DataLoader workers; float work happens on the device."""
+    """Image files as normalised float batches on the device.
+
+    Two ways to get there, same crops (boxes and flips drawn from the same per-sample generators):
+    - default: DataLoader workers decode and crop to uint8; the device converts and normalises.
+    - ``decode_on_device``: workers only read the files' bytes; the device decodes the batch (batched nvJPEG
+      on a GPU; PIL-class fallback per file for anything else) and crops all images in one ``roi_align``
+      (:func:`crop_resize_ragged`). Interpolation is then always bilinear (no per-image random method).
+    """
 
     def __init__(
         self,
@@ -169,19 +188,21 @@ class FolderSource:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        decode_on_device: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.mean, self.std = dataset, batch_size, mean, std
         self.train = dataset.spec.train
         self.aug = aug or Augmentation()
         self.device = torch.device(device)
         self.seed = seed
+        self.decode_on_device = decode_on_device
         self.sampler = _KeyedBatchSampler(len(dataset), batch_size, self.train, seed, rank, world)
         self.loader = torch.utils.data.DataLoader(
-            dataset,
+            EncodedImageDataset(dataset.index) if decode_on_device else dataset,
             batch_sampler=self.sampler,
             num_workers=workers,
-            collate_fn=collate_skipping_bad,
-            pin_memory=self.device.type == "cuda",
+            collate_fn=list if decode_on_device else collate_skipping_bad,
+            pin_memory=self.device.type == "cuda" and not decode_on_device,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             # Its own generator: creating an iterator must not draw from the global RNG (dropout's), or a
@@ -198,8 +219,12 @@ class FolderSource:
 
     def batches(self, epoch: int, size: int, skip: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.size, self.sampler.skip = epoch, size, skip
-        for b, (images, labels, bad) in enumerate(self.loader, start=skip):
-            x = images.to(self.device, non_blocking=True).float().div_(255)
+        for b, batch in enumerate(self.loader, start=skip):
+            if self.decode_on_device:
+                x, labels, bad = self._decode_and_crop(batch, epoch, size)
+            else:
+                images, labels, bad = batch
+                x = images.to(self.device, non_blocking=True).float().div_(255)
             if self.train and self.aug.photometric > 0 and len(x):
                 # Factors for the global batch (same as any other process count), then this rank's part.
                 g = _generator(self.seed, epoch, b)
@@ -208,6 +233,49 @@ class FolderSource:
                 part = local_slice(torch.empty(n), self.sampler.rank, self.sampler.world)
                 x = photometric(x, factors[part][: len(x)])
             yield normalize(x, self.mean, self.std), labels.to(self.device, non_blocking=True), bad
+
+    def _decode_and_crop(self, items: list, epoch: int, size: int) -> tuple[Tensor, Tensor, list[str]]:
+        decoded = decode_batch([it[0] for it in items], [it[2] for it in items], self.device)
+        good = [(img, it) for img, it in zip(decoded, items) if not isinstance(img, str)]
+        bad = [msg for msg in decoded if isinstance(msg, str)]
+        if not good:
+            return torch.empty(0, 3, size, size, device=self.device), torch.empty(0, dtype=torch.long), bad
+        images = [img for img, _ in good]
+        spec = self.dataset.spec
+        if self.train:
+            boxes, flips = [], []
+            for img, it in good:
+                g = sample_generator(self.seed, epoch, it[3])  # the worker path's generator: same draws
+                boxes.append(random_resized_box(img.shape[-2], img.shape[-1], spec.scale, spec.ratio, g))
+                flips.append(spec.hflip and bool(torch.rand(1, generator=g) < 0.5))
+            x = crop_resize_ragged(images, torch.tensor(boxes, dtype=torch.float64), size)
+            x = random_flip(x, torch.tensor(flips))
+        else:
+            heights, widths = [img.shape[-2] for img in images], [img.shape[-1] for img in images]
+            x = crop_resize_ragged(images, centre_boxes(heights, widths, size, RESIZE_RATIO), size)
+        return x.div_(255).clamp_(0, 1), torch.tensor([it[1] for _, it in good]), bad
+
+
+def decode_batch(encoded: list[Tensor], names: list[str], device: torch.device) -> list[Tensor | str]:
+    """Decode a batch of files' bytes to uint8 RGB on ``device``; an error message where one cannot be.
+
+    All-JPEG batches take one batched call (nvJPEG on CUDA); otherwise each file is decoded on its own,
+    on the device where possible, else on the CPU with :func:`decode_rgb_bytes` (PNG, CMYK, truncated...).
+    """
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except (RuntimeError, ValueError):
+        pass
+    out: list[Tensor | str] = []
+    for data, name in zip(encoded, names):
+        try:
+            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except (RuntimeError, ValueError):
+            try:
+                out.append(decode_rgb_bytes(data.numpy().tobytes(), name).to(device))
+            except ValueError as e:
+                out.append(str(e))
+    return out
 
 
 def folder_crop_spec(aug: Augmentation, train: bool) -> CropSpec:

@@ -10,6 +10,7 @@ batches and crops whatever the number of workers or processes, and a resumed run
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import struct
@@ -125,10 +126,13 @@ def decode_rgb(path: str | Path) -> Tensor:
     Raises:
         ValueError: the file holds no decodable image (the message names it and why).
     """
-    path = Path(path)
-    data = path.read_bytes()
+    return decode_rgb_bytes(Path(path).read_bytes(), str(path))
+
+
+def decode_rgb_bytes(data: bytes, name: str) -> Tensor:
+    """:func:`decode_rgb` for the file's bytes; ``name`` is used in the error message."""
     if not data:
-        raise ValueError(f"{path}: empty file")
+        raise ValueError(f"{name}: empty file")
     try:
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         if img.dtype != torch.uint8:  # 16-bit PNG
@@ -136,16 +140,16 @@ def decode_rgb(path: str | Path) -> Tensor:
         return img
     except Exception as first_error:
         try:
-            return _decode_with_pil(path)
+            return _decode_with_pil(data)
         except Exception:
-            raise ValueError(f"{path}: not a decodable image ({first_error})") from None
+            raise ValueError(f"{name}: not a decodable image ({first_error})") from None
 
 
-def _decode_with_pil(path: Path) -> Tensor:
+def _decode_with_pil(data: bytes) -> Tensor:
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = True  # decode what is there of a truncated file
-    with warnings.catch_warnings(), Image.open(path) as im:
+    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
         warnings.simplefilter("ignore")
         rgb = im.convert("RGB")
     return TF.pil_to_tensor(rgb)
@@ -288,6 +292,30 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return None, self.index.labels[i], str(e)
         g = sample_generator(self.seed, epoch, i) if self.spec.train else None
         return crop_image(img, size, self.spec, g), self.index.labels[i], path
+
+
+class EncodedImageDataset(torch.utils.data.Dataset):
+    """The files' bytes, undecoded: workers only read, the training device decodes (nvJPEG on a GPU).
+
+    Keys are ``(index, epoch, size)`` like :class:`ImageFolderDataset`'s; items are
+    ``(uint8 bytes tensor, label, path, index)``.
+    """
+
+    def __init__(self, index: ImageFolderIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index.files)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, int, str, int]:
+        i = key[0]
+        path = self.index.files[i]
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = b""
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        return encoded, self.index.labels[i], path, i
 
 
 def collate_skipping_bad(items: list) -> tuple[Tensor, Tensor, list[str]]:

@@ -89,6 +89,7 @@ class TrainConfig:
     seed: int = _f(0, "random seed (data order, crops, initial weights)")
     device: str = _f("auto", "auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
     workers: int = _f(4, "loader processes for folder data")
+    decode_on_device: bool = _f(False, "folder data: workers only read files; decode (nvJPEG) and crop on the device")
     out: str = _f("runs/latest", "run folder")
     resume: str | None = _f(None, "checkpoint file or run folder to continue from")
     train_subset: int | None = _f(None, "use only this many training images (seeded choice)")
@@ -331,7 +332,14 @@ def build_sources(cfg: TrainConfig, device: torch.device, dist: D.DistInfo):
             index.files[:] = [index.files[i] for i in keep]
             index.labels[:] = [index.labels[i] for i in keep]
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    folder = dict(batch_size=cfg.batch_size, mean=mean, std=std, workers=cfg.workers, **common)
+    folder = dict(
+        batch_size=cfg.batch_size,
+        mean=mean,
+        std=std,
+        workers=cfg.workers,
+        decode_on_device=cfg.decode_on_device,
+        **common,
+    )
     train = FolderSource(ImageFolderDataset(train_index, folder_crop_spec(aug, True), cfg.seed), aug=aug, **folder)
     val = FolderSource(ImageFolderDataset(val_index, folder_crop_spec(aug, False), cfg.seed), **folder)
     preprocess = {"mean": list(mean), "std": list(std), "grayscale": False, "resize_ratio": RESIZE_RATIO}
