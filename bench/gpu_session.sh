@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU run: Fashion-MNIST training of both variants (concurrently: both are launch-bound
-# at 64 px), then the model-only speed table. Writes everything under ${OUT:-bench/out}.
+# at 64 px), then the model-only and end-to-end speed tables. Writes everything under ${OUT:-bench/out}.
 #   bash bench/gpu_session.sh            # on the GPU machine (data in GOOGLENET_DATA)
 #   bash bench/gpu_session.sh --quick    # a few seconds on a CPU: checks the script
 set -u
@@ -38,3 +38,4 @@ for model in googlenet googlenet_bn; do
 done
 
 if [ $quick = 1 ]; then $PY bench/model_speed.py --quick; else $PY bench/model_speed.py; fi | tee "$OUT/model_speed.md"
+if [ $quick = 1 ]; then $PY bench/e2e_speed.py --quick; else $PY bench/e2e_speed.py; fi | tee "$OUT/e2e_speed.md"

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench/model_speed.py", "bench/cpu_speed.py"])
+@pytest.mark.parametrize("script", ["bench/model_speed.py", "bench/cpu_speed.py", "bench/e2e_speed.py"])
 def test_bench_quick_mode(script):
     result = subprocess.run(
         [sys.executable, str(ROOT / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT

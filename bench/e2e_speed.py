@@ -1,0 +1,192 @@
+"""End to end: training from a JPEG folder, the standard PyTorch pipeline against ours, in one process.
+
+- standard: torchvision ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize in loader workers,
+  torchvision's googlenet;
+- ours, worker decode: torchvision.io decode + uint8 crop in workers, normalise on the device;
+- ours, device decode: workers only read bytes; batched JPEG decode (nvJPEG on a GPU) and one roi_align
+  crop for the whole batch on the device.
+Each is measured loader-only and with a training step (both aux heads; bf16 + channels_last on CUDA).
+The data is a generated folder of photo-like 500x375 JPEGs (ImageNet's typical size).
+
+    python bench/e2e_speed.py                  # GPU: batch 256, 224 px, all CPU cores as workers
+    python bench/e2e_speed.py --quick          # seconds on a CPU: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from cpu_speed import make_jpegs  # noqa: E402
+from model_speed import ours_train_outputs, sync, torchvision_train_outputs  # noqa: E402
+
+from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
+from googlenet.batches import Augmentation, FolderSource, folder_crop_spec  # noqa: E402
+from googlenet.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, scan_split  # noqa: E402
+from googlenet.train import googlenet_loss  # noqa: E402
+
+
+def _make_class(args: tuple[Path, int, int]) -> None:
+    folder, n, seed = args
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    make_jpegs(folder, n)
+
+
+def make_folder(root: Path, classes: int, per_class: int) -> Path:
+    jobs = [(root / "train" / f"c{c:03d}", per_class, c) for c in range(classes)]
+    with Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+        pool.map(_make_class, jobs)
+    return root / "train"
+
+
+def standard_batches(train_dir: Path, size: int, batch: int, workers: int, device: torch.device):
+    tf = T.Compose(
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    ds = torchvision.datasets.ImageFolder(str(train_dir), transform=tf)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def our_batches(train_dir: Path, size: int, batch: int, workers: int, device: torch.device, on_device: bool):
+    aug = Augmentation()
+    index = scan_split(train_dir)
+    src = FolderSource(
+        ImageFolderDataset(index, folder_crop_spec(aug, True)),
+        batch_size=batch,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        aug=aug,
+        device=device,
+        workers=workers,
+        decode_on_device=on_device,
+    )
+    epoch = 0
+    while True:
+        for x, y, _ in src.batches(epoch, size):
+            yield x, y
+        epoch += 1
+
+
+def measure(batches, step, device, warmup: int, steps: int, batch: int) -> float:
+    """Images/s over ``steps`` batches after ``warmup`` (each consumed by ``step``, None = loader only)."""
+    for _ in range(warmup):
+        x, y = next(batches)
+        if step:
+            step(x, y)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x, y = next(batches)
+        if step:
+            step(x, y)
+    sync(device)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def train_step_fn(model, outputs_fn, device):
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = googlenet_loss(GoogLeNetOutputs(*outputs_fn(model, x.contiguous(memory_format=fmt))), y, 0.3, 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--classes", type=int, default=16)
+    p.add_argument("--per-class", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.batch, args.img_size, args.workers, args.classes, args.per_class = 4, 64, 0, 2, 6
+        args.warmup, args.steps = 1, 2
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(
+        f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
+        f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps after "
+        f"{args.warmup} warm-up"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train_dir = make_folder(Path(tmp), args.classes, args.per_class)
+        tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=args.classes)
+        pipelines = [
+            (
+                "standard (ImageFolder + PIL) + torchvision googlenet",
+                lambda: standard_batches(train_dir, args.img_size, args.batch, args.workers, device),
+                lambda: train_step_fn(tv, torchvision_train_outputs, device),
+            ),
+            (
+                "ours, worker decode + googlenet_bn",
+                lambda: our_batches(train_dir, args.img_size, args.batch, args.workers, device, False),
+                lambda: train_step_fn(
+                    create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device
+                ),
+            ),
+            (
+                "ours, device decode + googlenet_bn",
+                lambda: our_batches(train_dir, args.img_size, args.batch, args.workers, device, True),
+                lambda: train_step_fn(
+                    create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device
+                ),
+            ),
+            (
+                "ours, device decode + googlenet (paper)",
+                lambda: our_batches(train_dir, args.img_size, args.batch, args.workers, device, True),
+                lambda: train_step_fn(create_model("googlenet", num_classes=args.classes), ours_train_outputs, device),
+            ),
+        ]
+        rows = []
+        for label, make_batches, make_step in pipelines:
+            loader_rate = measure(make_batches(), None, device, args.warmup, args.steps, args.batch)
+            train_rate = measure(make_batches(), make_step(), device, args.warmup, args.steps, args.batch)
+            rows.append((label, loader_rate, train_rate))
+    base = rows[0]
+    print("\n| pipeline | loader only img/s | x standard | training img/s | x standard |\n|---|---|---|---|---|")
+    for label, loader_rate, train_rate in rows:
+        print(
+            f"| {label} | {loader_rate:,.0f} | {loader_rate / base[1]:.2f} | {train_rate:,.0f} | "
+            f"{train_rate / base[2]:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
