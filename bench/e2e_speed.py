@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cpu_speed import make_jpegs  # noqa: E402
-from model_speed import ours_train_outputs, sync, torchvision_train_outputs  # noqa: E402
+from model_speed import ours_train_outputs, pick_device, sync, torchvision_train_outputs  # noqa: E402
 
 from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
 from googlenet.batches import Augmentation, FolderSource, folder_crop_spec  # noqa: E402
@@ -136,9 +135,7 @@ def main() -> None:
     if args.quick:
         args.batch, args.img_size, args.workers, args.classes, args.per_class = 4, 64, 0, 2, 6
         args.warmup, args.steps = 1, 2
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
-    torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    device, name = pick_device(args.quick)
     print(
         f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
         f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "

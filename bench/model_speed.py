@@ -32,6 +32,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def pick_device(quick: bool) -> tuple[torch.device, str]:
+    """The GPU unless --quick (or none is there), with its name for the table's header."""
+    device = torch.device("cuda" if torch.cuda.is_available() and not quick else "cpu")
+    torch.backends.cudnn.benchmark = True
+    return device, torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def timed(fn, device, warmup: int, iters: int, reps: int) -> float:
     """Median seconds per call over ``reps`` repetitions of ``iters`` calls, after ``warmup`` calls."""
     for _ in range(warmup):
@@ -118,9 +125,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.batch, args.img_size, args.warmup, args.iters, args.reps = 2, 64, 1, 1, 2
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
-    torch.backends.cudnn.benchmark = True
-    gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    device, gpu = pick_device(args.quick)
     print(
         f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
