@@ -149,6 +149,9 @@ def test_unknown_or_mistyped_config_keys_are_errors(tmp_path):
         C.resolve(train.TrainConfig, str(recipe))
     with pytest.raises(C.ConfigError, match="no recipe file or shipped recipe"):
         C.resolve(train.TrainConfig, "no-such-recipe")
+    recipe.write_text('schedule = "cosin"\n')
+    with pytest.raises(C.ConfigError, match="schedule must be one of step, cosine, linear"):
+        C.resolve(train.TrainConfig, str(recipe))
     with pytest.raises(C.ConfigError, match="below googlenet's minimum 31"):
         C.resolve(train.TrainConfig, None, {"img_size": 28})
 

@@ -72,6 +72,9 @@ def coerce(cls: type, key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}")
+    choices = next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
 
 
