@@ -72,8 +72,10 @@ def test_144_crops_follow_the_paper_protocol(portrait):
 
 
 def test_multi_crop_accepts_uint8_and_rejects_bad_counts():
+    import googlenet
+
     img = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
-    assert multi_crop(img, 10, 32).dtype == torch.uint8
+    assert googlenet.multi_crop(img, 10, 32).dtype == torch.uint8
     with pytest.raises(ValueError, match="1, 10, 144"):
         multi_crop(img, 5, 32)
 

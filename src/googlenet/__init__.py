@@ -1,6 +1,7 @@
 """googlenet: GoogLeNet (Inception v1) in PyTorch, as published and as torchvision ships it."""
 
 from googlenet.checkpoint import load_checkpoint, open_checkpoint
+from googlenet.evaluate import multi_crop
 from googlenet.model import (
     MIN_INPUT_SIZE,
     GoogLeNet,
@@ -20,5 +21,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "multi_crop",
     "open_checkpoint",
 ]
