@@ -158,7 +158,7 @@ def test_sharding_partitions_each_global_batch():
     assert len(batches) == 6 and all(len(b) == 16 for b in batches)
     assert torch.equal(batches[0], epoch_batches(103, 16, 1, 2, True, True)[0])  # deterministic
     for b in batches:
-        parts = [b[local_slice(b, r, 4)] for r in range(4)]
+        parts = [b[local_slice(len(b), r, 4)] for r in range(4)]
         assert torch.equal(torch.cat(parts), b)
 
 

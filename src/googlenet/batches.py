@@ -72,10 +72,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool,
     return batches
 
 
-def local_slice(batch: Tensor, rank: int, world: int) -> slice:
-    """The contiguous part of a global batch that process ``rank`` of ``world`` handles."""
-    per = -(-len(batch) // world)
-    return slice(rank * per, min((rank + 1) * per, len(batch)))
+def local_slice(n: int, rank: int, world: int) -> slice:
+    """The contiguous part of a global batch of ``n`` samples that process ``rank`` of ``world`` handles."""
+    per = -(-n // world)
+    return slice(rank * per, min((rank + 1) * per, n))
 
 
 class InMemorySource:
@@ -120,7 +120,7 @@ class InMemorySource:
         for b, idx in enumerate(order):
             if b < skip:
                 continue
-            part = local_slice(idx, self.rank, self.world)
+            part = local_slice(len(idx), self.rank, self.world)
             local = idx[part].to(self.images.device)
             x = self.images[local].float().div_(255)
             if self.train:
@@ -162,7 +162,7 @@ class _KeyedBatchSampler:
 
     def __iter__(self):
         for idx in self._batches()[self.skip :]:
-            yield [(int(i), self.epoch, self.size) for i in idx[local_slice(idx, self.rank, self.world)]]
+            yield [(int(i), self.epoch, self.size) for i in idx[local_slice(len(idx), self.rank, self.world)]]
 
 
 class FolderSource:
@@ -230,7 +230,7 @@ class FolderSource:
                 g = _generator(self.seed, epoch, b)
                 n = self.batch_size
                 factors = photometric_factors(n, self.aug.photometric, g)
-                part = local_slice(torch.empty(n), self.sampler.rank, self.sampler.world)
+                part = local_slice(n, self.sampler.rank, self.sampler.world)
                 x = photometric(x, factors[part][: len(x)])
             yield normalize(x, self.mean, self.std), labels.to(self.device, non_blocking=True), bad
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from googlenet import config as C
 from googlenet import distributed as D
 from googlenet.batches import Augmentation, FolderSource, InMemorySource, folder_crop_spec
 from googlenet.checkpoint import read_checkpoint, save_checkpoint, unwrap
@@ -224,6 +225,7 @@ def train_one_epoch(model: nn.Module, batches, ctx: StepContext, global_step: in
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     samples, steps, bad_files, interrupted = 0, 0, 0, False
+    params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     for images, labels, bad in batches:
         bad_files += len(bad)
         for msg in bad:
@@ -239,7 +241,6 @@ def train_one_epoch(model: nn.Module, batches, ctx: StepContext, global_step: in
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if ctx.grad_clip is not None:  # foreach implementation: no host sync
-                params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip, foreach=True)
             ctx.optimizer.step()
             if ctx.ema is not None:
@@ -478,7 +479,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(C.to_dict(cfg), indent=2) + "\n")
         _truncate_metrics(out / "metrics.jsonl", state["epoch"])
         log.info(
             "training %s on %s (%d train / %d val images, %d classes) on %s x%d; run folder %s",
@@ -499,7 +500,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
             "class_names": classes,
             "preprocess": {**preprocess, "img_size": cfg.eval_img_size or cfg.img_size},
             "model": weights,
-            "config": _config_dict(cfg),
+            "config": C.to_dict(cfg),
             "metrics": metrics,
             "train_state": {
                 "model": model.state_dict() if ema else None,
@@ -607,10 +608,6 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                 )
             state["best_top1"] = max(state["best_top1"], val["val_top1"])
     return metrics
-
-
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
