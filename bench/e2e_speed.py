@@ -5,7 +5,10 @@
 - ours, worker decode: torchvision.io decode + uint8 crop in workers, normalise on the device;
 - ours, device decode: workers only read bytes; batched JPEG decode (nvJPEG on a GPU) and one roi_align
   crop for the whole batch on the device.
-Each is measured loader-only and with a training step (both aux heads; bf16 + channels_last on CUDA).
+Each is measured loader-only and with a training step (both aux heads; bf16 + channels_last on CUDA), at
+224 px. The last row is the `fast` recipe's progressive resizing (FFCV's way there): the device-decode
+pipeline's training rate measured at every size the recipe's schedule visits, combined as a whole run
+would see them (epochs per size / time per epoch). The models run eagerly in every row.
 The data is a generated folder of photo-like 500x375 JPEGs (ImageNet's typical size).
 
     python bench/e2e_speed.py                  # GPU: batch 256, 224 px, all CPU cores as workers
@@ -33,8 +36,9 @@ from model_speed import ours_train_outputs, pick_device, sync, torchvision_train
 
 from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
 from googlenet.batches import Augmentation, FolderSource, folder_crop_spec  # noqa: E402
+from googlenet.config import resolve  # noqa: E402
 from googlenet.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, scan_split  # noqa: E402
-from googlenet.train import googlenet_loss  # noqa: E402
+from googlenet.train import TrainConfig, googlenet_loss, img_size_at  # noqa: E402
 
 
 def _make_class(args: tuple[Path, int, int]) -> None:
@@ -176,6 +180,17 @@ def main() -> None:
             loader_rate = measure(make_batches(), None, device, args.warmup, args.steps, args.batch)
             train_rate = measure(make_batches(), make_step(), device, args.warmup, args.steps, args.batch)
             rows.append((label, loader_rate, train_rate))
+        fast = resolve(TrainConfig, "fast")
+        sizes = [img_size_at(e, fast) for e in range(fast.epochs)]
+        if args.quick:
+            sizes = [32, 32, 40]
+        rate_at = {}
+        step = train_step_fn(create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device)
+        for size in sorted(set(sizes)):
+            batches = our_batches(train_dir, size, args.batch, args.workers, device, True)
+            rate_at[size] = measure(batches, step, device, args.warmup, args.steps, args.batch)
+        schedule_rate = len(sizes) / sum(1 / rate_at[s] for s in sizes)
+        per_size = ", ".join(f"{s} px {r:,.0f}" for s, r in rate_at.items())
     base = rows[0]
     print("\n| pipeline | loader only img/s | x standard | training img/s | x standard |\n|---|---|---|---|---|")
     for label, loader_rate, train_rate in rows:
@@ -183,6 +198,11 @@ def main() -> None:
             f"| {label} | {loader_rate:,.0f} | {loader_rate / base[1]:.2f} | {train_rate:,.0f} | "
             f"{train_rate / base[2]:.2f} |"
         )
+    print(
+        f"| ours, device decode + googlenet_bn, `fast` recipe sizes {min(sizes)}->{max(sizes)} px over "
+        f"{len(sizes)} epochs | | | {schedule_rate:,.0f} | {schedule_rate / base[2]:.2f} |"
+    )
+    print(f"\nTraining img/s per size (device decode + googlenet_bn): {per_size}.")
 
 
 if __name__ == "__main__":

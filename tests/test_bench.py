@@ -35,3 +35,4 @@ def test_gpu_session_script_quick_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "fm_googlenet" / "metrics.jsonl").is_file()
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
+    assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()

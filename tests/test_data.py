@@ -225,3 +225,59 @@ def test_device_decode_path_matches_the_worker_path(image_folder, train_split):
     # Same boxes and flips; only the resampling differs (antialiased resize vs roi_align averaging).
     assert (xw - xd).abs().mean() < 0.01
     assert (xw - xd.flip(-1)).abs().mean() > 0.05  # and a mirrored crop would not pass: the check can fail
+
+
+def test_random_erase_boxes_follow_torchvision_random_erasing():
+    from torchvision.transforms import RandomErasing
+
+    from googlenet.augment import random_erase_boxes
+
+    g = torch.Generator().manual_seed(0)
+    boxes = random_erase_boxes(4000, 48, 64, 0.5, generator=g)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    erased = (x1 > x0) & (y1 > y0)
+    assert erased.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert ((x1 - x0 == 0) == (y1 - y0 == 0)).all()  # empty boxes are empty in both directions
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 64).all() and (y1 <= 48).all()
+    area = ((x1 - x0) * (y1 - y0))[erased] / (48 * 64)
+    aspect = ((y1 - y0) / (x1 - x0))[erased]
+    assert area.min() >= 0.015 and area.max() <= 0.35  # (0.02, 0.33) up to whole-pixel rounding
+    assert aspect.min() >= 0.25 and aspect.max() <= 3.6  # (0.3, 3.3)
+    # Oracle: torchvision's sampler on the same image size gives the same area distribution.
+    torch.manual_seed(0)
+    img = torch.zeros(3, 48, 64)
+    tv = []
+    for _ in range(2000):
+        i, j, h, w, _ = RandomErasing.get_params(img, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=[0.0])
+        if (h, w) != (48, 64):  # torchvision's "nothing fitted" answer
+            tv.append(h * w / (48 * 64))
+    assert area.mean().item() == pytest.approx(sum(tv) / len(tv), abs=0.01)
+    assert random_erase_boxes(100, 48, 64, 0.0, generator=g).eq(0).all()
+
+
+def test_erase_fills_exactly_the_boxes():
+    from googlenet.augment import erase
+
+    images = torch.ones(3, 2, 10, 12)
+    out = erase(images, torch.tensor([[2, 3, 7, 5], [0, 0, 0, 0], [0, 0, 12, 10]]), value=-1.0)
+    assert torch.equal(out[0, :, 3:5, 2:7], torch.full((2, 2, 5), -1.0))
+    assert (out[0] == -1).sum() == 2 * 2 * 5  # nothing outside the box
+    assert torch.equal(out[1], images[1])  # an empty box erases nothing
+    assert (out[2] == -1).all()
+
+
+def test_in_memory_training_batches_erase_one_rectangle_per_image():
+    from googlenet.batches import Augmentation, InMemorySource
+
+    images = torch.full((8, 1, 28, 28), 200, dtype=torch.uint8)
+    kw = dict(batch_size=8, train=True, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3)
+    on = InMemorySource(images, torch.zeros(8), aug=Augmentation(crop_scale=None, hflip=False, erase=1.0), **kw)
+    x, _, _ = next(on.batches(0, 32))
+    zero = x == 0  # the erase value: the mean after normalisation; the image itself is (200/255 - 0.5) / 0.25
+    assert all(zero[i].any() for i in range(8))
+    for img in zero[:, 0]:  # each erased region is one filled rectangle
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        assert img.sum() == len(rows) * len(cols)
+    off = InMemorySource(images, torch.zeros(8), aug=Augmentation(crop_scale=None, hflip=False), **kw)
+    assert not (next(off.batches(0, 32))[0] == 0).any()

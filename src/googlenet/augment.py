@@ -114,6 +114,54 @@ def random_flip(images: Tensor, flip: Tensor) -> Tensor:
     return torch.where(flip, images.flip(-1), images)
 
 
+# Random erasing (Zhong et al., arXiv 1708.04896), with torchvision's RandomErasing ranges.
+ERASE_SCALE = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+
+
+def random_erase_boxes(
+    n: int,
+    height: int,
+    width: int,
+    prob: float,
+    scale: tuple[float, float] = ERASE_SCALE,
+    ratio: tuple[float, float] = ERASE_RATIO,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One rectangle per image to erase with probability ``prob``, sampled as torchvision's RandomErasing.
+
+    Area fraction uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, up to 10 tries for a
+    rectangle that fits strictly inside the image, then a uniform position. Images not erased (not drawn,
+    or no try fitted) get the empty box (0, 0, 0, 0). Returns int64 [N, 4] boxes (x0, y0, x1, y1).
+    """
+    u = torch.rand(n, 2 * _ATTEMPTS + 3, dtype=torch.float64, generator=generator)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
+    eh = torch.round(torch.sqrt(area * aspect))
+    ew = torch.round(torch.sqrt(area / aspect))
+    valid = (eh > 0) & (ew > 0) & (eh < height) & (ew < width)
+    first = valid.double().argmax(dim=1, keepdim=True)
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
+    keep = valid.any(dim=1) & (u[:, -3] < prob)
+    eh, ew = torch.where(keep, eh, 0.0), torch.where(keep, ew, 0.0)
+    y0 = torch.where(keep, torch.floor(u[:, -2] * (height - eh + 1)), 0.0)
+    x0 = torch.where(keep, torch.floor(u[:, -1] * (width - ew + 1)), 0.0)
+    return torch.stack([x0, y0, x0 + ew, y0 + eh], dim=1).long()
+
+
+def erase(images: Tensor, boxes: Tensor, value: float = 0.0) -> Tensor:
+    """Set the pixels of ``images`` [N, C, H, W] inside ``boxes`` [N, 4] (x0, y0, x1, y1) to ``value``.
+
+    One masked fill for the whole batch; on normalised images ``value`` 0 is the dataset mean.
+    """
+    b = boxes.to(images.device).view(-1, 4, 1, 1)
+    ys = torch.arange(images.shape[-2], device=images.device).view(1, -1, 1)
+    xs = torch.arange(images.shape[-1], device=images.device).view(1, 1, -1)
+    inside = (ys >= b[:, 1]) & (ys < b[:, 3]) & (xs >= b[:, 0]) & (xs < b[:, 2])
+    return images.masked_fill(inside.unsqueeze(1), value)
+
+
 def photometric(images: Tensor, factors: Tensor) -> Tensor:
     """Brightness, contrast and saturation distortions (after Howard, arXiv 1312.5402), per image.
 

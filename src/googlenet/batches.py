@@ -19,9 +19,11 @@ from googlenet.augment import (
     centre_boxes,
     crop_resize,
     crop_resize_ragged,
+    erase,
     normalize,
     photometric,
     photometric_factors,
+    random_erase_boxes,
     random_flip,
     random_resized_box,
     random_resized_boxes,
@@ -50,6 +52,7 @@ class Augmentation:
         hflip: random horizontal mirror.
         photometric: brightness/contrast/saturation strength (0 = off).
         random_interpolation: random resize method per image (folder data only; device crops are bilinear).
+        erase: probability of random erasing, applied after normalisation (0 = off).
     """
 
     crop_scale: tuple[float, float] | None = (0.08, 1.0)
@@ -57,6 +60,7 @@ class Augmentation:
     hflip: bool = True
     photometric: float = 0.0
     random_interpolation: bool = False
+    erase: float = 0.0
 
 
 def _generator(seed: int, epoch: int, batch: int) -> torch.Generator:
@@ -123,13 +127,14 @@ class InMemorySource:
             part = local_slice(len(idx), self.rank, self.world)
             local = idx[part].to(self.images.device)
             x = self.images[local].float().div_(255)
-            if self.train:
-                x = self._augment(x, len(idx), part, h, w, size, _generator(self.seed, epoch, b))
-            else:
-                x = resize_square(x, size)
+            g = _generator(self.seed, epoch, b)
+            x = self._augment(x, len(idx), part, h, w, size, g) if self.train else resize_square(x, size)
             if x.shape[1] == 1:  # grey: the same values on all three channels
                 x = x.expand(-1, 3, -1, -1)
-            yield normalize(x, self.mean, self.std).contiguous(), self.labels[local], []
+            x = normalize(x, self.mean, self.std)
+            if self.train and self.aug.erase > 0:
+                x = erase(x, random_erase_boxes(len(idx), size, size, self.aug.erase, generator=g)[part])
+            yield x.contiguous(), self.labels[local], []
 
     def _augment(self, x: Tensor, n: int, part: slice, h: int, w: int, size: int, g: torch.Generator) -> Tensor:
         # Draw for the whole global batch, then slice: identical crops whatever the number of processes.
@@ -225,14 +230,17 @@ class FolderSource:
             else:
                 images, labels, bad = batch
                 x = images.to(self.device, non_blocking=True).float().div_(255)
-            if self.train and self.aug.photometric > 0 and len(x):
-                # Factors for the global batch (same as any other process count), then this rank's part.
-                g = _generator(self.seed, epoch, b)
-                n = self.batch_size
-                factors = photometric_factors(n, self.aug.photometric, g)
-                part = local_slice(n, self.sampler.rank, self.sampler.world)
-                x = photometric(x, factors[part][: len(x)])
-            yield normalize(x, self.mean, self.std), labels.to(self.device, non_blocking=True), bad
+            # Random draws for the whole global batch (the same for any process count), then this rank's part.
+            g = _generator(self.seed, epoch, b)
+            n = self.batch_size
+            part = local_slice(n, self.sampler.rank, self.sampler.world)
+            train = self.train and len(x) > 0
+            if train and self.aug.photometric > 0:
+                x = photometric(x, photometric_factors(n, self.aug.photometric, g)[part][: len(x)])
+            x = normalize(x, self.mean, self.std)
+            if train and self.aug.erase > 0:
+                x = erase(x, random_erase_boxes(n, size, size, self.aug.erase, generator=g)[part][: len(x)])
+            yield x, labels.to(self.device, non_blocking=True), bad
 
     def _decode_and_crop(self, items: list, epoch: int, size: int) -> tuple[Tensor, Tensor, list[str]]:
         decoded = decode_batch([it[0] for it in items], [it[2] for it in items], self.device)

@@ -84,6 +84,7 @@ class TrainConfig:
     hflip: bool = _f(True, "random horizontal mirror")
     photometric: float = _f(0.0, "brightness/contrast/saturation jitter strength (Howard); 0 = off")
     random_interpolation: bool = _f(False, "random resize interpolation per image (folder data; paper)")
+    erase: float = _f(0.0, "random-erasing probability per image (Zhong et al. 2017); 0 = off")
     bf16: bool = _f(False, "bfloat16 autocast")
     channels_last: bool = _f(False, "channels-last memory format (faster convolutions on GPUs)")
     compile: bool = _f(False, "torch.compile the training model")
@@ -105,6 +106,7 @@ class TrainConfig:
             (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
             (self.crop_ratio_max >= 1, "crop_ratio_max must be >= 1"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (0 <= self.erase <= 1, "erase must be in [0, 1]"),
             (self.log_every >= 1, "log_every must be >= 1"),
         ]
         for size_name in ("img_size", "img_size_start", "eval_img_size"):
@@ -124,6 +126,7 @@ class TrainConfig:
             hflip=self.hflip,
             photometric=self.photometric,
             random_interpolation=self.random_interpolation,
+            erase=self.erase,
         )
 
 
