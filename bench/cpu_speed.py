@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -32,21 +33,24 @@ from googlenet.data import CropSpec, crop_image, decode_rgb, sample_generator  #
 from googlenet.export import export_onnx  # noqa: E402
 
 
-def make_jpegs(folder: Path, n: int, size=(375, 500)) -> list[Path]:
-    """Photo-like JPEGs (smooth gradients, shapes, mild noise) at ImageNet's typical 500x375."""
-    g = torch.Generator().manual_seed(0)
+def make_jpegs(folder: Path, n: int, size=(375, 500), seed: int = 0) -> list[Path]:
+    """Photo-like JPEGs (smooth gradients, shapes, mild noise) at ImageNet's typical 500x375.
+
+    numpy and PIL only: this runs in forked pool processes, where torch's thread pools are best left alone.
+    """
+    rng = np.random.default_rng(seed)
     h, w = size
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    ys, xs = np.meshgrid(np.linspace(0, 1, h, dtype=np.float32), np.linspace(0, 1, w, dtype=np.float32), indexing="ij")
     paths = []
     for i in range(n):
-        a = torch.rand(3, 3, generator=g)
+        a = rng.random((3, 3), dtype=np.float32)
         img = a[:, 0:1, None] * xs + a[:, 1:2, None] * ys + a[:, 2:3, None] * (xs * ys)
-        cy, cx, r = torch.rand(3, generator=g).tolist()
-        img = img + 0.5 * (((ys - cy) ** 2 + (xs - cx) ** 2) < (0.1 + 0.2 * r) ** 2).float()
-        img = img + 0.03 * torch.randn(3, h, w, generator=g)
-        arr = (img / img.amax().clamp(min=1e-6) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        cy, cx, r = rng.random(3)
+        img = img + 0.5 * (((ys - cy) ** 2 + (xs - cx) ** 2) < (0.1 + 0.2 * r) ** 2)
+        img = img + 0.03 * rng.standard_normal((3, h, w), dtype=np.float32)
+        arr = np.clip(img / max(float(img.max()), 1e-6) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
         path = folder / f"img_{i:04d}.JPEG"
-        Image.fromarray(arr).save(path, quality=90)
+        Image.fromarray(np.ascontiguousarray(arr)).save(path, quality=90)
         paths.append(path)
     return paths
 

@@ -18,6 +18,8 @@ The data is a generated folder of photo-like 500x375 JPEGs (ImageNet's typical s
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import os
 import sys
 import tempfile
@@ -44,8 +46,7 @@ from googlenet.train import TrainConfig, googlenet_loss, img_size_at  # noqa: E4
 def _make_class(args: tuple[Path, int, int]) -> None:
     folder, n, seed = args
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    make_jpegs(folder, n)
+    make_jpegs(folder, n, seed=seed)
 
 
 def make_folder(root: Path, classes: int, per_class: int) -> Path:
@@ -94,20 +95,30 @@ def our_batches(train_dir: Path, size: int, batch: int, workers: int, device: to
         epoch += 1
 
 
-def measure(batches, step, device, warmup: int, steps: int, batch: int) -> float:
-    """Images/s over ``steps`` batches after ``warmup`` (each consumed by ``step``, None = loader only)."""
-    for _ in range(warmup):
-        x, y = next(batches)
-        if step:
-            step(x, y)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(batches)
-        if step:
-            step(x, y)
-    sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+def measure(make_batches, step, device, warmup: int, steps: int, batch: int) -> float:
+    """Images/s over ``steps`` batches after ``warmup`` (each consumed by ``step``, None = loader only).
+
+    ``steps`` should be well above workers x prefetch, so that batches prefetched during the warm-up do not
+    inflate the rate. The loader (and its worker processes) is shut down before returning, so it cannot
+    keep decoding while the next pipeline is measured.
+    """
+    batches = make_batches()
+    try:
+        for _ in range(warmup):
+            x, y = next(batches)
+            if step:
+                step(x, y)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            x, y = next(batches)
+            if step:
+                step(x, y)
+        sync(device)
+        return steps * batch / (time.perf_counter() - t0)
+    finally:
+        batches.close()
+        gc.collect()
 
 
 def train_step_fn(model, outputs_fn, device):
@@ -130,10 +141,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--classes", type=int, default=16)
-    p.add_argument("--per-class", type=int, default=256)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--per-class", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -146,6 +157,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps after "
         f"{args.warmup} warm-up"
     )
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         train_dir = make_folder(Path(tmp), args.classes, args.per_class)
         tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=args.classes)
@@ -175,11 +187,20 @@ def main() -> None:
                 lambda: train_step_fn(create_model("googlenet", num_classes=args.classes), ours_train_outputs, device),
             ),
         ]
+        n_files = args.classes * args.per_class
+        print(f"# folder of {n_files} JPEGs written in {time.perf_counter() - start:.0f} s", flush=True)
         rows = []
         for label, make_batches, make_step in pipelines:
-            loader_rate = measure(make_batches(), None, device, args.warmup, args.steps, args.batch)
-            train_rate = measure(make_batches(), make_step(), device, args.warmup, args.steps, args.batch)
+            t0 = time.perf_counter()
+            loader_rate = measure(make_batches, None, device, args.warmup, args.steps, args.batch)
+            train_rate = measure(make_batches, make_step(), device, args.warmup, args.steps, args.batch)
             rows.append((label, loader_rate, train_rate))
+            # Each row as soon as it is measured: a run cut short still reports what it got.
+            print(
+                f"# {label}: loader {loader_rate:,.0f} img/s, training {train_rate:,.0f} img/s "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         fast = resolve(TrainConfig, "fast")
         sizes = [img_size_at(e, fast) for e in range(fast.epochs)]
         if args.quick:
@@ -187,8 +208,9 @@ def main() -> None:
         rate_at = {}
         step = train_step_fn(create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device)
         for size in sorted(set(sizes)):
-            batches = our_batches(train_dir, size, args.batch, args.workers, device, True)
+            batches = functools.partial(our_batches, train_dir, size, args.batch, args.workers, device, True)
             rate_at[size] = measure(batches, step, device, args.warmup, args.steps, args.batch)
+            print(f"# device decode + googlenet_bn at {size} px: training {rate_at[size]:,.0f} img/s", flush=True)
         schedule_rate = len(sizes) / sum(1 / rate_at[s] for s in sizes)
         per_size = ", ".join(f"{s} px {r:,.0f}" for s, r in rate_at.items())
     base = rows[0]

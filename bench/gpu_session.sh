@@ -1,48 +1,57 @@
 #!/usr/bin/env bash
-# The one prepared GPU run: the end-to-end speed table first (it needs the GPU to itself), then Fashion-MNIST
-# training of both variants with the committed recipe (concurrently: at 64 px both are launch-bound, not
-# GPU-bound), then their test-set evaluations. Writes everything under ${OUT:-bench/out}.
-#   bash bench/gpu_session.sh            # on the GPU machine (data in GOOGLENET_DATA)
-#   bash bench/gpu_session.sh --quick    # a few seconds on a CPU: checks the script
-# Time limits per phase (seconds): E2E_LIMIT_S, TRAIN_LIMIT_S; MODEL_SPEED=1 adds bench/model_speed.py at
-# the end. A training run stopped by its limit saves a checkpoint on SIGTERM, and is still evaluated.
+# The prepared GPU run, in phases, one after another (never concurrently: two Fashion-MNIST trainings
+# sharing the H100 ran at 4.5k + 3.7k img/s against 15k for one alone, bench/results/2026-11-27-h100-run3):
+#   e2e              bench/e2e_speed.py, the end-to-end table (needs the GPU and the CPUs to itself)
+#   fm_googlenet     Fashion-MNIST training, committed recipe, paper variant, then `googlenet eval` 1 and 10 crops
+#   fm_googlenet_bn  the same for the BatchNorm variant (1 crop)
+#   model_speed      bench/model_speed.py
+# Default: e2e fm_googlenet fm_googlenet_bn. Writes under ${OUT:-bench/out}; checkpoints are deleted after
+# their evaluation (too large to bring back). TRAIN_LIMIT_S / E2E_LIMIT_S bound each phase; a training run
+# stopped by its limit saves a checkpoint on SIGTERM and is still evaluated.
+#   bash bench/gpu_session.sh --quick [PHASE...]   # a minute on a CPU: checks the script
+# On the lent machine (at most 8 files come back, so bring one archive; the data travels in .data/):
+#   R=$OUT; OUT=/tmp/gs GOOGLENET_DATA=$PWD/.data/fashion-mnist timeout 560 bash bench/gpu_session.sh e2e fm_googlenet;
+#   tar czf $R/gs.tgz --exclude='*.pt' -C /tmp/gs .
 set -u
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-quick=0; [ "${1:-}" = "--quick" ] && quick=1
+quick=0; [ "${1:-}" = "--quick" ] && { quick=1; shift; }
+phases=("$@"); [ ${#phases[@]} = 0 ] && phases=(e2e fm_googlenet fm_googlenet_bn)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU";
   $PY -c "import torch, torchvision, platform; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'python', platform.python_version())";
-  date -u; } | tee "$OUT/env.txt"
+  date -u; } | tee -a "$OUT/env.txt"
 
 if [ $quick = 1 ]; then
-  extra=(--epochs 1 --train-subset 256 --val-subset 128 --img-size 32 --batch-size 32 --no-bf16 --no-compile --device cpu)
-  e2e=(--quick); limit=300; e2e_limit=300
+  train_extra=(--epochs 1 --train-subset 256 --val-subset 128 --img-size 32 --batch-size 32 --no-bf16 --no-compile --device cpu)
+  bench_extra=(--quick); train_limit=300; e2e_limit=300
 else
-  extra=(--device cuda); e2e=()
-  limit=${TRAIN_LIMIT_S:-400}; e2e_limit=${E2E_LIMIT_S:-150}
+  train_extra=(--device cuda); bench_extra=()
+  train_limit=${TRAIN_LIMIT_S:-400}; e2e_limit=${E2E_LIMIT_S:-200}
 fi
 
-timeout "$e2e_limit" $PY bench/e2e_speed.py "${e2e[@]}" 2>&1 | tee "$OUT/e2e_speed.md"
-
-for model in googlenet googlenet_bn; do
-  timeout "$limit" $PY -m googlenet train --config fashion-mnist --model "$model" --out "$OUT/fm_$model" \
-    --log-every 100000 "${extra[@]}" > "$OUT/fm_$model.log" 2>&1 &
-done
-wait
-for model in googlenet googlenet_bn; do
-  tail -n 3 "$OUT/fm_$model.log"
-  if [ -f "$OUT/fm_$model/checkpoint_best.pt" ]; then
-    crops_list="1"; [ $model = googlenet ] && [ $quick = 0 ] && crops_list="1 10"
-    for crops in $crops_list; do
-      $PY -m googlenet eval --checkpoint "$OUT/fm_$model/checkpoint_best.pt" --data fashion-mnist --crops $crops \
-        --json "$OUT/fm_$model/eval_${crops}crop.json" --batch-size 256 | head -n 1
+fashion_mnist() {  # model, crop counts to evaluate
+  local model=$1 run="$OUT/fm_$1"; shift
+  echo "== $model on Fashion-MNIST ($(date -u +%T))"
+  timeout "$train_limit" $PY -m googlenet train --config fashion-mnist --model "$model" --out "$run" \
+    --log-every 100000 "${train_extra[@]}" > "$run.log" 2>&1
+  tail -n 3 "$run.log"
+  if [ -f "$run/checkpoint_best.pt" ]; then
+    for crops in "$@"; do
+      $PY -m googlenet eval --checkpoint "$run/checkpoint_best.pt" --data fashion-mnist --crops "$crops" \
+        --json "$run/eval_${crops}crop.json" --batch-size 256 | head -n 1
     done
   fi
-  rm -f "$OUT"/fm_$model/checkpoint_*.pt   # too large to bring back; metrics and evals stay
-done
+  rm -f "$run"/checkpoint_*.pt
+}
 
-if [ $quick = 1 ] || [ "${MODEL_SPEED:-0}" = 1 ]; then
-  $PY bench/model_speed.py "${e2e[@]}" | tee "$OUT/model_speed.md"
-fi
+for phase in "${phases[@]}"; do
+  case $phase in
+    e2e) timeout "$e2e_limit" $PY bench/e2e_speed.py "${bench_extra[@]}" 2>&1 | tee "$OUT/e2e_speed.md" ;;
+    fm_googlenet) if [ $quick = 1 ]; then fashion_mnist googlenet 1; else fashion_mnist googlenet 1 10; fi ;;
+    fm_googlenet_bn) fashion_mnist googlenet_bn 1 ;;
+    model_speed) $PY bench/model_speed.py "${bench_extra[@]}" | tee "$OUT/model_speed.md" ;;
+    *) echo "unknown phase: $phase (e2e, fm_googlenet, fm_googlenet_bn, model_speed)" >&2; exit 2 ;;
+  esac
+done

@@ -25,7 +25,7 @@ def test_bench_quick_mode(script):
 def test_gpu_session_script_quick_mode(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick"],
+        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e", "fm_googlenet", "model_speed"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -34,5 +34,7 @@ def test_gpu_session_script_quick_mode(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "fm_googlenet" / "metrics.jsonl").is_file()
+    assert (tmp_path / "fm_googlenet" / "eval_1crop.json").is_file()
+    assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation: too large to bring back
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
