@@ -2,8 +2,9 @@
 
 Data path: the standard pipeline (PIL decode, RandomResizedCrop, flip, ToTensor, Normalize: what
 ImageFolder + torchvision.transforms does in each loader worker) against ours (torchvision.io decode and a
-uint8 crop in the worker; normalisation happens batched on the training device). One process, one thread,
-so the numbers are per core. The validation transforms of both are compared pixel by pixel.
+uint8 crop in the worker; normalisation happens batched on the training device), from the JPEG files and
+from a pack of them (`googlenet prepare`). One process, one thread, so the numbers are per core. The
+validation transforms of both are compared pixel by pixel.
 
 Predict: batch of 224 px images through the eager model and through onnxruntime running the exported graph.
 
@@ -29,8 +30,16 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from googlenet import create_model  # noqa: E402
-from googlenet.data import CropSpec, crop_image, decode_rgb, sample_generator  # noqa: E402
+from googlenet.data import (  # noqa: E402
+    CropSpec,
+    ImageFolderIndex,
+    crop_image,
+    decode_rgb,
+    decode_rgb_bytes,
+    sample_generator,
+)
 from googlenet.export import export_onnx  # noqa: E402
+from googlenet.pack import open_pack, write_pack  # noqa: E402
 
 
 def make_jpegs(folder: Path, n: int, size=(375, 500), seed: int = 0) -> list[Path]:
@@ -69,23 +78,29 @@ def rates(fns: list, items, reps: int) -> list[float]:
     return [len(items) / statistics.median(t) for t in times]
 
 
-def data_path(paths: list[Path], reps: int) -> list[tuple[str, float]]:
+def data_path(paths: list[Path], reps: int, pack_file: Path) -> list[tuple[str, float]]:
     normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     standard = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     spec = CropSpec(train=True)
+    write_pack(ImageFolderIndex([str(p) for p in paths], [0] * len(paths), ["c"]), pack_file, workers=0)
+    packed = open_pack(pack_file)
 
-    def baseline(p):
-        with open(p, "rb") as f:
+    def baseline(i):
+        with open(paths[i], "rb") as f:
             img = Image.open(f).convert("RGB")  # torchvision's default ImageFolder loader
         return standard(img)
 
-    def ours(p):
-        return crop_image(decode_rgb(p), 224, spec, sample_generator(0, 0, 0))
+    def ours(i):
+        return crop_image(decode_rgb(paths[i]), 224, spec, sample_generator(0, 0, i))
 
-    base, fast = rates([baseline, ours], paths, reps)
+    def ours_packed(i):
+        return crop_image(decode_rgb_bytes(packed.read_bytes(i), ""), 224, spec, sample_generator(0, 0, i))
+
+    base, fast, fastest = rates([baseline, ours, ours_packed], list(range(len(paths))), reps)
     return [
         ("standard: PIL + RandomResizedCrop + ToTensor + Normalize", base),
         ("ours: torchvision.io decode + uint8 random-resized crop", fast),
+        ("ours from a pack (`googlenet prepare`: shorter side 256, JPEG q90), same crop", fastest),
     ]
 
 
@@ -140,7 +155,7 @@ def main() -> None:
         paths = make_jpegs(tmp, args.images)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # per core, as one loader worker
-        rows = data_path(paths, args.reps)
+        rows = data_path(paths, args.reps, tmp / "train.gpk")
         diff = check_eval_transform(paths)
         torch.set_num_threads(threads)
         print(f"\n## Data path, one core, {args.images} JPEGs of 500x375 -> 224 px (median of {args.reps})\n")

@@ -1,4 +1,4 @@
-"""The `googlenet` command: summary, train, eval, predict, export, import.
+"""The `googlenet` command: summary, train, prepare, eval, predict, export, import.
 
 Expected failures (bad config, missing data, unreadable checkpoint) print one line `googlenet: error: ...`
 and exit 2 (usage) or 1 (everything else); ``--debug`` shows the traceback instead.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from googlenet import config as C
@@ -183,6 +184,34 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="pack an image folder's train/ and val/ into one pre-resized file each, for faster loading"
+    )
+    p.add_argument("source", metavar="DIR", help="folder with train/<class>/* and/or val/ (as for train --data)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where train.gpk / val.gpk go: then --data DIR")
+    p.add_argument(
+        "--short-side", type=int, default=256, help="shrink images whose shorter side is larger (0: keep sizes)"
+    )
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from googlenet.pack import prepare
+
+    reports = prepare(Path(args.source), Path(args.out), args.short_side or None, args.quality, args.workers)
+    for split, r in reports.items():
+        print(
+            f"{split}: {r.images} images, {r.pack_bytes / 2**20:,.1f} MiB (source {r.source_bytes / 2**20:,.1f} MiB), "
+            f"{len(r.skipped)} undecodable skipped, {r.seconds:.1f} s -> {Path(args.out) / (split + '.gpk')}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -190,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     original = sub.add_parser
     sub.add_parser = lambda *a, **k: original(*a, parents=[common], **k)  # --debug after the command too
-    for add in (_add_summary, _add_train, _add_eval, _add_predict, _add_export, _add_import):
+    for add in (_add_summary, _add_train, _add_prepare, _add_eval, _add_predict, _add_export, _add_import):
         add(sub)
     return parser
 

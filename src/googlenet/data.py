@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -157,11 +157,22 @@ def _decode_with_pil(data: bytes) -> Tensor:
 
 @dataclass(frozen=True)
 class ImageFolderIndex:
-    """Files and labels of one split; ``classes`` is sorted folder-name order (ImageNet class indices)."""
+    """Files and labels of one split; ``classes`` is sorted folder-name order (ImageNet class indices).
+
+    Items are read through :meth:`read_bytes`, so a packed split (:mod:`googlenet.pack`) serves in its place.
+    """
 
     files: list[str]
     labels: list[int]
     classes: list[str]
+
+    def read_bytes(self, i: int) -> bytes:
+        """Item i's encoded image."""
+        return Path(self.files[i]).read_bytes()
+
+    def subset(self, keep: list[int]) -> ImageFolderIndex:
+        """The items at positions ``keep``, in that order."""
+        return replace(self, files=[self.files[i] for i in keep], labels=[self.labels[i] for i in keep])
 
 
 def scan_split(split_dir: Path, classes: list[str] | None = None) -> ImageFolderIndex:
@@ -287,7 +298,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         i, epoch, size = key
         path = self.index.files[i]
         try:
-            img = decode_rgb(path)
+            img = decode_rgb_bytes(self.index.read_bytes(i), path)
         except (OSError, ValueError) as e:
             return None, self.index.labels[i], str(e)
         g = sample_generator(self.seed, epoch, i) if self.spec.train else None
@@ -311,7 +322,7 @@ class EncodedImageDataset(torch.utils.data.Dataset):
         i = key[0]
         path = self.index.files[i]
         try:
-            data = Path(path).read_bytes()
+            data = self.index.read_bytes(i)
         except OSError:
             data = b""
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)

@@ -25,10 +25,12 @@ from googlenet.data import (
     FASHION_MNIST_CLASSES,
     RESIZE_RATIO,
     DataError,
-    decode_rgb,
+    ImageFolderIndex,
+    decode_rgb_bytes,
     load_fashion_mnist,
     scan_split,
 )
+from googlenet.pack import open_split, pack_path
 
 CROP_COUNTS = (1, 10, 144)
 PAPER_SCALES = (256, 288, 320, 352)  # shorter side, at crop size 224
@@ -92,8 +94,8 @@ def multi_crop(image: Tensor, n_crops: int, crop_size: int = 224, resize_ratio: 
 class EvalImages(torch.utils.data.Dataset):
     """Images for evaluation, each returned whole (uint8 [3, H, W]) with its label; cropping is per model."""
 
-    def __init__(self, files: list[str] | None, labels: list[int], images: Tensor | None = None) -> None:
-        self.files, self.labels, self.images = files, labels, images
+    def __init__(self, index: ImageFolderIndex | None, labels: list[int], images: Tensor | None = None) -> None:
+        self.index, self.labels, self.images = index, labels, images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -101,14 +103,15 @@ class EvalImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor | None, int, str]:
         if self.images is not None:  # in-memory grey images (Fashion-MNIST)
             return self.images[i].unsqueeze(0).expand(3, -1, -1), self.labels[i], str(i)
+        name = self.index.files[i]
         try:
-            return decode_rgb(self.files[i]), self.labels[i], self.files[i]
+            return decode_rgb_bytes(self.index.read_bytes(i), name), self.labels[i], name
         except (OSError, ValueError) as e:
             return None, self.labels[i], str(e)
 
 
 def eval_dataset(data: str, class_names: list[str]) -> EvalImages:
-    """``fashion-mnist`` (its test split) or a folder: DIR/val if present, else DIR (class folders or flat)."""
+    """``fashion-mnist`` (its test split), or DIR/val.gpk (a pack), DIR/val, else DIR (class folders or flat)."""
     if data == "fashion-mnist":
         if list(class_names) != list(FASHION_MNIST_CLASSES):
             raise DataError(f"the checkpoint's {len(class_names)} classes are not Fashion-MNIST's")
@@ -117,9 +120,11 @@ def eval_dataset(data: str, class_names: list[str]) -> EvalImages:
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"--data {data!r}: not 'fashion-mnist' and not a folder")
-    split = root / "val" if (root / "val").is_dir() else root
-    index = scan_split(split, class_names)
-    return EvalImages(index.files, index.labels)
+    if pack_path(root, "val").is_file() or (root / "val").is_dir():
+        index = open_split(root, "val", class_names)
+    else:
+        index = scan_split(root, class_names)
+    return EvalImages(index, index.labels)
 
 
 # ------------------------------------------------------------------------------------------------- eval

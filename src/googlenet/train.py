@@ -39,9 +39,9 @@ from googlenet.data import (
     DataError,
     ImageFolderDataset,
     load_fashion_mnist,
-    scan_split,
 )
 from googlenet.model import MIN_INPUT_SIZE, GoogLeNet, GoogLeNetOutputs, create_model, list_models
+from googlenet.pack import open_split
 
 log = logging.getLogger("googlenet")
 
@@ -328,13 +328,12 @@ def build_sources(cfg: TrainConfig, device: torch.device, dist: D.DistInfo):
     root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(f"--data {cfg.data!r}: not 'fashion-mnist' and not a folder")
-    train_index = scan_split(root / "train")
-    val_index = scan_split(root / "val", train_index.classes)
-    for index, k in ((train_index, cfg.train_subset), (val_index, cfg.val_subset)):
-        if (s := _subset(len(index.files), k, cfg.seed)) is not None:
-            keep = s.tolist()
-            index.files[:] = [index.files[i] for i in keep]
-            index.labels[:] = [index.labels[i] for i in keep]
+    train_index = open_split(root, "train")  # a pack written by `googlenet prepare`, or the folder
+    val_index = open_split(root, "val", train_index.classes)
+    if (s := _subset(len(train_index.files), cfg.train_subset, cfg.seed)) is not None:
+        train_index = train_index.subset(s.tolist())
+    if (s := _subset(len(val_index.files), cfg.val_subset, cfg.seed)) is not None:
+        val_index = val_index.subset(s.tolist())
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     folder = dict(
         batch_size=cfg.batch_size,

@@ -1,0 +1,215 @@
+"""Packed datasets: each split of an image folder pre-resized and stored as one file (`googlenet prepare`).
+
+Decoding a 500x375 JPEG is most of a loader worker's time and opening a million small files adds to it. A
+pack stores every image re-encoded as JPEG with its shorter side at most ``short_side`` (FFCV's approach:
+256 px serves 224 px training crops), one after another in one file that workers memory-map, so reading
+an image is a slice and decoding it is 2-3x cheaper. Training, evaluation and both decode paths read packs
+exactly as they read folders (:func:`open_split` picks whichever is there).
+
+File layout (little-endian)::
+
+    MAGIC | JPEG bytes of every image | index (torch.save of tensors, lists and str) | index offset (u64) | MAGIC
+
+The index is read with ``torch.load(weights_only=True)``: a pack is data, never code. Files are written to
+a temporary name and renamed when complete, so a pack is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import encode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from googlenet.data import DataError, ImageFolderIndex, decode_rgb_bytes, scan_split
+
+log = logging.getLogger("googlenet")
+
+MAGIC = b"GNPACK1\n"
+SUFFIX = ".gpk"
+_TRAILER = struct.Struct("<Q8s")  # index offset, MAGIC
+
+
+@dataclass(frozen=True)
+class PackedIndex(ImageFolderIndex):
+    """An :class:`ImageFolderIndex` whose images live in a pack; ``files`` are the source names (messages).
+
+    ``entries[i]`` is item i's position in the pack (subsets keep the pack whole). The memory map is opened
+    lazily in each process, so the index pickles cheaply into loader workers.
+    """
+
+    path: str = ""
+    offsets: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    entries: list[int] = field(default_factory=list)
+
+    def read_bytes(self, i: int) -> bytes:
+        mm = self.__dict__.get("_map")
+        if mm is None:
+            mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+            object.__setattr__(self, "_map", mm)
+        e = self.entries[i]
+        return mm[self.offsets[e] : self.offsets[e] + self.lengths[e]].tobytes()
+
+    def subset(self, keep: list[int]) -> PackedIndex:
+        return replace(
+            self,
+            files=[self.files[i] for i in keep],
+            labels=[self.labels[i] for i in keep],
+            entries=[self.entries[i] for i in keep],
+        )
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_map"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def pack_path(root: Path, split: str) -> Path:
+    return root / f"{split}{SUFFIX}"
+
+
+def open_split(root: Path, split: str, classes: list[str] | None = None) -> ImageFolderIndex:
+    """``root/<split>.gpk`` if it exists, else the folder ``root/<split>`` (see :func:`scan_split`)."""
+    path = pack_path(root, split)
+    return open_pack(path, classes) if path.is_file() else scan_split(root / split, classes)
+
+
+def open_pack(path: Path, classes: list[str] | None = None) -> PackedIndex:
+    """Read a pack's index. Raises :class:`DataError` for a file that is not a whole pack."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+        f.seek(max(0, size - _TRAILER.size))
+        tail = f.read(_TRAILER.size)
+        if head != MAGIC or len(tail) != _TRAILER.size or _TRAILER.unpack(tail)[1] != MAGIC:
+            raise DataError(f"{path}: not a googlenet pack, or truncated")
+        offset = _TRAILER.unpack(tail)[0]
+        if not len(MAGIC) <= offset <= size - _TRAILER.size:
+            raise DataError(f"{path}: corrupt pack index offset")
+        f.seek(offset)
+        raw = f.read(size - _TRAILER.size - offset)
+    try:
+        meta = torch.load(io.BytesIO(raw), weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path}: unreadable pack index ({e})") from None
+    if classes is not None and list(meta["classes"]) != list(classes):
+        raise DataError(f"{path}: its {len(meta['classes'])} classes differ from the training classes")
+    n = len(meta["names"])
+    return PackedIndex(
+        files=list(meta["names"]),
+        labels=meta["labels"].tolist(),
+        classes=list(meta["classes"]),
+        path=str(path),
+        offsets=meta["offsets"].tolist(),
+        lengths=meta["lengths"].tolist(),
+        entries=list(range(n)),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+class _Reencoded(torch.utils.data.Dataset):
+    """Item i: the image re-encoded as JPEG with its shorter side at most ``short_side``, or the error."""
+
+    def __init__(self, index: ImageFolderIndex, short_side: int | None, quality: int) -> None:
+        self.index, self.short_side, self.quality = index, short_side, quality
+
+    def __len__(self) -> int:
+        return len(self.index.files)
+
+    def __getitem__(self, i: int) -> tuple[bytes | None, str]:
+        try:
+            img = decode_rgb_bytes(self.index.read_bytes(i), self.index.files[i])
+        except (OSError, ValueError) as e:
+            return None, str(e)
+        if self.short_side is not None and min(img.shape[-2:]) > self.short_side:
+            img = TF.resize(img, [self.short_side], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return encode_jpeg(img, quality=self.quality).numpy().tobytes(), ""
+
+
+@dataclass
+class PackReport:
+    images: int
+    skipped: list[str]
+    source_bytes: int
+    pack_bytes: int
+    seconds: float
+
+
+def write_pack(
+    index: ImageFolderIndex, path: Path, short_side: int | None = 256, quality: int = 90, workers: int = 4
+) -> PackReport:
+    """Pack ``index``'s images into ``path``; undecodable files are skipped with a warning each."""
+    if short_side is not None and short_side < 1:
+        raise ValueError("short_side must be >= 1")
+    if not 1 <= quality <= 100:
+        raise ValueError("quality must be in [1, 100]")
+    start = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Reencoded(index, short_side, quality), batch_size=None, num_workers=workers)
+    tmp = path.with_name(path.name + ".tmp")
+    names, labels, offsets, lengths, skipped = [], [], [], [], []
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC)
+            for i, (data, error) in enumerate(loader):
+                if data is None:
+                    log.warning("skipping %s", error)
+                    skipped.append(error)
+                    continue
+                offsets.append(f.tell())
+                lengths.append(len(data))
+                f.write(data)
+                names.append(index.files[i])
+                labels.append(index.labels[i])
+                if (i + 1) % 10_000 == 0:
+                    log.info("%s: %d / %d images", path.name, i + 1, len(index.files))
+            if not names:
+                raise DataError(f"{path}: none of the {len(index.files)} images could be decoded")
+            meta = {
+                "version": 1,
+                "classes": list(index.classes),
+                "names": names,
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "offsets": torch.tensor(offsets, dtype=torch.int64),
+                "lengths": torch.tensor(lengths, dtype=torch.int64),
+                "short_side": short_side,
+                "quality": quality,
+            }
+            index_offset = f.tell()
+            torch.save(meta, f)
+            f.write(_TRAILER.pack(index_offset, MAGIC))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    source_bytes = sum(os.path.getsize(p) for p in index.files if os.path.exists(p))
+    return PackReport(len(names), skipped, source_bytes, path.stat().st_size, time.perf_counter() - start)
+
+
+def prepare(
+    source: Path, out: Path, short_side: int | None = 256, quality: int = 90, workers: int = 4
+) -> dict[str, PackReport]:
+    """Pack ``source/train`` and ``source/val`` (whichever exist; val keeps train's class order) into ``out``."""
+    splits = [s for s in ("train", "val") if (source / s).is_dir()]
+    if not splits:
+        raise DataError(f"{source}: no train/ or val/ folder to pack")
+    out.mkdir(parents=True, exist_ok=True)
+    reports, classes = {}, None
+    for split in splits:
+        index = scan_split(source / split, classes)
+        classes = classes or index.classes
+        reports[split] = write_pack(index, pack_path(out, split), short_side, quality, workers)
+    return reports
