@@ -38,6 +38,10 @@ def _train(image_folder, out, nproc):
         "0.01",
         "--seed",
         "5",
+        "--erase",  # random draws made for the global batch, then sliced: also identical across processes
+        "0.5",
+        "--photometric",
+        "0.2",
     ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "googlenet", *args]

@@ -42,7 +42,7 @@ def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
         assert (out / name).is_file(), name
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s", "seconds"):
+    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s", "seconds", "wall_s"):
         assert key in rows[-1]
     assert json.loads((out / "config.json").read_text())["model"] == "googlenet_bn"
     ckpt = read_checkpoint(out / "checkpoint_last.pt")

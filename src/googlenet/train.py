@@ -55,7 +55,9 @@ class TrainConfig:
     """Everything `googlenet train` reads. Defaults < recipe (--config) < flags."""
 
     model: str = _f("googlenet", "model variant", choices=list_models())
-    data: str = _f("fashion-mnist", "'fashion-mnist' or a folder with train/<class>/* and val/<class>/*")
+    data: str = _f(
+        "fashion-mnist", "'fashion-mnist', a folder with train/<class>/* and val/, or one from `googlenet prepare`"
+    )
     epochs: int = _f(10, "training epochs")
     batch_size: int = _f(128, "global batch size, split evenly across torchrun processes")
     img_size: int = _f(32, "training crop size in px (the final size with progressive resizing)")
@@ -593,8 +595,10 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                 save_checkpoint(out / "checkpoint_last.pt", ckpt)
                 if val["val_top1"] > state["best_top1"]:
                     save_checkpoint(out / "checkpoint_best.pt", ckpt)
+                # Training + validation + checkpoints: what an epoch costs on the clock (plan GPU runs with it).
+                line = {**metrics, "wall_s": time.perf_counter() - t0}
                 with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                    f.write(json.dumps(line) + "\n")
                 plot_curves(out / "metrics.jsonl", out / "curves.png")
                 log.info(
                     "epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  %.0f img/s  %.1fs%s",
