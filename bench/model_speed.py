@@ -3,7 +3,8 @@
 Training step (SGD, both auxiliary heads, loss x0.3) and inference, images/s, median of repetitions after
 warm-up; bf16 autocast + channels_last on CUDA; optional torch.compile with its compile time reported apart.
 The torchvision-compatible variant loads torchvision's weights and its logits are compared, so a speed
-difference never hides a different function.
+difference never hides a different function; likewise the paper variant against itself with PyTorch's
+nn.LocalResponseNorm in place of ours.
 
     python bench/model_speed.py                 # batch 256 at 224 px on the GPU
     python bench/model_speed.py --compile       # also compiled (minutes of compile time)
@@ -113,6 +114,19 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> d
     }
 
 
+def paper_with_torch_lrn(paper: torch.nn.Module) -> torch.nn.Module:
+    """The same paper-variant weights with PyTorch's LRN (3-D average pool) instead of ours (band GEMM)."""
+    ref = create_model("googlenet")
+    ref.load_state_dict(paper.state_dict())
+    ref.lrn1, ref.lrn2 = (torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) for _ in range(2))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        diff = (ref.eval()(x) - paper.eval()(x)).abs().max().item()
+    print(f"# logits check, paper variant, our LRN vs nn.LocalResponseNorm (fp32, eval): max |diff| {diff:.2e}")
+    assert diff < 1e-3, "our LRN does not reproduce nn.LocalResponseNorm"
+    return ref
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
@@ -149,6 +163,10 @@ def main() -> None:
         rows.append(bench("ours googlenet_bn", ours_bn, ours_train_outputs, x, y, device, args, compiled))
         paper = create_model("googlenet")
         rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
+        rows.append(
+            bench("ours googlenet (paper), nn.LocalResponseNorm", paper_with_torch_lrn(paper), ours_train_outputs,
+                  x, y, device, args, compiled)
+        )  # fmt: skip
     base = {r["name"].endswith("compiled"): r for r in rows if r["name"].startswith("torchvision")}
     print("\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")

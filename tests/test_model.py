@@ -194,3 +194,33 @@ def test_dropout_defaults_follow_each_variant():
     assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 1.0)
     assert create_model("googlenet").inception3a.branch3[1].conv.kernel_size == (5, 5)
     assert create_model("googlenet_bn").inception3a.branch3[1].conv.kernel_size == (3, 3)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 64])
+def test_lrn_equals_pytorchs_local_response_norm_forward_and_backward(channels):
+    from googlenet.model import LocalResponseNorm
+
+    for size in (5, 4):  # odd and even windows pad differently
+        ref, ours = torch.nn.LocalResponseNorm(size, 1e-4, 0.75, 2.0), LocalResponseNorm(size, 1e-4, 0.75, 2.0)
+        x = (torch.randn(2, channels, 6, 7, dtype=torch.float64) * 40).requires_grad_()
+        y_ref, y = ref(x), ours(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(y)
+        (grad_ref,) = torch.autograd.grad(y_ref, x, g)
+        (grad,) = torch.autograd.grad(y, x, g)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_lrn_keeps_channels_last_and_is_computed_in_float32_under_autocast():
+    from googlenet.model import LocalResponseNorm
+
+    x = (torch.randn(2, 16, 8, 8) * 40).contiguous(memory_format=torch.channels_last)
+    y = LocalResponseNorm()(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = LocalResponseNorm()(x.bfloat16())
+    assert y16.dtype == torch.bfloat16
+    ref = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(x.bfloat16().float())
+    torch.testing.assert_close(y16.float(), ref, rtol=1e-2, atol=1e-2)  # bf16 output rounding only
+    paper = create_model("googlenet")
+    assert isinstance(paper.lrn1, LocalResponseNorm) and isinstance(paper.lrn2, LocalResponseNorm)

@@ -106,6 +106,38 @@ class BasicConv2d(nn.Module):
         return F.relu(x, inplace=True)
 
 
+class LocalResponseNorm(nn.Module):
+    """Cross-channel LRN exactly as Caffe and ``nn.LocalResponseNorm`` define it, computed faster.
+
+    b_c = a_c / (k + alpha / size * sum of a_j^2 over the ``size`` channels j centred on c) ^ beta.
+    ``nn.LocalResponseNorm`` forms the window sum with a 3-D average pool over a padded copy, about a quarter
+    of the paper variant's CPU training step and a format change under channels_last. Here the sum is one
+    1x1 convolution by a fixed 0/1 band matrix (a small GEMM; memory format kept), and the denominator is
+    computed in float32 even under autocast. No parameters: state_dicts are unchanged.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def _band(self, channels: int, like: Tensor) -> Tensor:
+        # Output channel c sums input channels c - size//2 ... c + (size-1)//2, as nn.LocalResponseNorm pads.
+        idx = torch.arange(channels, device=like.device)
+        offset = idx.view(1, -1) - idx.view(-1, 1)
+        band = (offset >= -(self.size // 2)) & (offset <= (self.size - 1) // 2)
+        return band.to(like.dtype).view(channels, channels, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            window = F.conv2d(xf * xf, self._band(x.shape[1], xf))
+            scale = (self.k + self.alpha / self.size * window).pow(-self.beta)
+        return (xf * scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 class Inception(nn.Module):
     """An Inception module: four branches concatenated as 1x1, 3x3, 5x5, pool-proj (Figure 2b).
 
@@ -203,10 +235,10 @@ class GoogLeNet(nn.Module):
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         # Figure 3: LocalRespNorm after the first max-pool and after conv3. The paper gives no settings;
         # these are Caffe's (PyTorch's alpha is divided by size, as Caffe's is). torchvision has no LRN.
-        self.lrn1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if paper else nn.Identity()
+        self.lrn1 = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if paper else nn.Identity()
         self.conv2 = BasicConv2d(64, 64, bn, kernel_size=1)
         self.conv3 = BasicConv2d(64, 192, bn, kernel_size=3, padding=1)
-        self.lrn2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if paper else nn.Identity()
+        self.lrn2 = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if paper else nn.Identity()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
         def inception(name: str) -> Inception:
