@@ -38,3 +38,16 @@ def test_gpu_session_script_quick_mode(tmp_path):
     assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation: too large to bring back
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
+
+
+def test_gpu_session_script_rejects_an_unknown_phase(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e_typo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 2 and "unknown phase: e2e_typo" in result.stderr
