@@ -27,6 +27,26 @@ def _uniforms(n: int, generator: torch.Generator | None) -> Tensor:
     return torch.rand(n, 2 * _ATTEMPTS + 2, dtype=torch.float64, generator=generator)
 
 
+def _first_fitting_sides(
+    u: Tensor, image_area: Tensor | float, scale: tuple[float, float], ratio: tuple[float, float], fits
+) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision's rejection sampler, batched: up to ``_ATTEMPTS`` tries of an area fraction uniform in
+    ``scale`` and a log aspect ratio uniform in ``log(ratio)`` (from the first 2 x tries columns of ``u``).
+
+    Returns the sides ``round(sqrt(area * aspect))`` and ``round(sqrt(area / aspect))`` of the first try
+    for which both are positive and ``fits(side_a, side_b)`` holds ([N] each; try 0's where none does),
+    and whether any try did.
+    """
+    area = image_area * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
+    a = torch.round(torch.sqrt(area * aspect))
+    b = torch.round(torch.sqrt(area / aspect))
+    valid = (a > 0) & (b > 0) & fits(a, b)
+    first = valid.double().argmax(dim=1, keepdim=True)  # first valid try (0 where none is)
+    return a.gather(1, first).squeeze(1), b.gather(1, first).squeeze(1), valid.any(dim=1)
+
+
 def random_resized_boxes(
     heights: Tensor,
     widths: Tensor,
@@ -50,15 +70,8 @@ def random_resized_boxes(
     n = heights.numel()
     u = _uniforms(n, generator)
     h_img, w_img = heights.double().unsqueeze(1), widths.double().unsqueeze(1)
-    area = h_img * w_img * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
-    cw = torch.round(torch.sqrt(area * aspect))
-    ch = torch.round(torch.sqrt(area / aspect))
-    valid = (cw > 0) & (ch > 0) & (cw <= w_img) & (ch <= h_img)
-    first = valid.double().argmax(dim=1, keepdim=True)  # first valid try (0 where none is)
-    cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
-    ok = valid.any(dim=1)
+    # aspect = width / height here (RandomResizedCrop's convention)
+    cw, ch, ok = _first_fitting_sides(u, h_img * w_img, scale, ratio, lambda w, h: (w <= w_img) & (h <= h_img))
 
     # Fallback: the largest centre crop whose aspect ratio lies in the allowed range.
     hi_, wi = heights.double(), widths.double()
@@ -135,15 +148,9 @@ def random_erase_boxes(
     or no try fitted) get the empty box (0, 0, 0, 0). Returns int64 [N, 4] boxes (x0, y0, x1, y1).
     """
     u = torch.rand(n, 2 * _ATTEMPTS + 3, dtype=torch.float64, generator=generator)
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, :_ATTEMPTS])
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + (hi - lo) * u[:, _ATTEMPTS : 2 * _ATTEMPTS])
-    eh = torch.round(torch.sqrt(area * aspect))
-    ew = torch.round(torch.sqrt(area / aspect))
-    valid = (eh > 0) & (ew > 0) & (eh < height) & (ew < width)
-    first = valid.double().argmax(dim=1, keepdim=True)
-    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
-    keep = valid.any(dim=1) & (u[:, -3] < prob)
+    # aspect = height / width here (RandomErasing's convention), and the rectangle must fit strictly inside
+    eh, ew, fitted = _first_fitting_sides(u, height * width, scale, ratio, lambda h, w: (h < height) & (w < width))
+    keep = fitted & (u[:, -3] < prob)
     eh, ew = torch.where(keep, eh, 0.0), torch.where(keep, ew, 0.0)
     y0 = torch.where(keep, torch.floor(u[:, -2] * (height - eh + 1)), 0.0)
     x0 = torch.where(keep, torch.floor(u[:, -1] * (width - ew + 1)), 0.0)
