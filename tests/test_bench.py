@@ -11,21 +11,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench/model_speed.py", "bench/cpu_speed.py", "bench/e2e_speed.py"])
-def test_bench_quick_mode(script):
+@pytest.mark.parametrize(
+    ("script", "min_rows"),
+    [("bench/model_speed.py", 4), ("bench/cpu_speed.py", 4), ("bench/e2e_speed.py", 4), ("bench/step_overhead.py", 3)],
+)
+def test_bench_quick_mode(script, min_rows):
     result = subprocess.run(
         [sys.executable, str(ROOT / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) >= 4  # header and one row per pipeline / model
+    assert len(rows) >= min_rows  # header and one row per pipeline / model
 
 
 @pytest.mark.slow
 def test_gpu_session_script_quick_mode(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e", "fm_googlenet", "model_speed"],
+        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e", "fm_googlenet", "model_speed", "step_overhead"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -38,6 +41,7 @@ def test_gpu_session_script_quick_mode(tmp_path):
     assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation: too large to bring back
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
+    assert "| pinned, non-blocking, eager |" in (tmp_path / "step_overhead.md").read_text()
 
 
 def test_gpu_session_script_rejects_an_unknown_phase(tmp_path):

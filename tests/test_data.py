@@ -281,3 +281,51 @@ def test_in_memory_training_batches_erase_one_rectangle_per_image():
         assert img.sum() == len(rows) * len(cols)
     off = InMemorySource(images, torch.zeros(8), aug=Augmentation(crop_scale=None, hflip=False), **kw)
     assert not (next(off.batches(0, 32))[0] == 0).any()
+
+
+def test_host_to_device_keeps_values_and_converts_dtype():
+    from googlenet.augment import host_to_device
+
+    boxes = torch.tensor([[1.5, 2.0, 7.25, 9.0]], dtype=torch.float64)
+    assert torch.equal(host_to_device(boxes, "cpu"), boxes)
+    out = host_to_device(boxes, torch.device("cpu"), torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out, boxes.float())
+
+
+def test_normalisation_constants_are_made_once_not_per_batch():
+    from googlenet.augment import channel_constants, normalize
+
+    x = torch.rand(2, 3, 4, 4)
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
+    expected = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(x, mean, std), expected)
+    first = channel_constants(mean, x.device, x.dtype)
+    assert channel_constants(mean, x.device, x.dtype) is first  # cached: no copy to the device per batch
+    assert channel_constants(mean, x.device, torch.float64).dtype == torch.float64
+
+
+@pytest.mark.gpu
+def test_training_steps_from_memory_never_make_the_host_wait_for_the_gpu():
+    """No host-device sync per step: batches (crops, flips, erasing, normalisation) and the step itself."""
+    from googlenet.batches import Augmentation, InMemorySource
+
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    aug = Augmentation(crop_scale=(0.6, 1.0), erase=0.5)
+    src = InMemorySource(images, torch.arange(64) % 10, batch_size=16, train=True, mean=(0.3,), std=(0.35,),
+                         aug=aug, device="cuda")  # fmt: skip
+    model = train.create_model("googlenet", num_classes=10).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ctx = train.StepContext(opt, lambda s: 0.01, 2.0, 0.3, 0.1, lambda: torch.autocast("cuda", torch.bfloat16),
+                            True, train.EMA(model, 0.99), lambda: False)  # fmt: skip
+    train.train_one_epoch(model, src.batches(0, 32), ctx, 0, lambda *a: False)  # warm-up: cudnn autotuning
+    torch.cuda.synchronize()
+
+    def syncs_are_errors(batches):  # from the first batch to the last step (the epoch's end may sync once)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from batches
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    stats = train.train_one_epoch(model, syncs_are_errors(src.batches(1, 32)), ctx, 0, lambda *a: False)
+    assert stats["steps"] == 4

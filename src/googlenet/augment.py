@@ -7,6 +7,7 @@ per-image CPU path (one box at a time, in loader workers) and the batched device
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,6 +21,27 @@ PAPER_CROP_SCALE = (0.08, 1.0)
 PAPER_CROP_RATIO = (3 / 4, 4 / 3)
 
 _ATTEMPTS = 10  # as torchvision's RandomResizedCrop, then fall back to a centre crop
+
+
+def host_to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+    """Copy a small CPU tensor (boxes, flags, factors) to ``device`` without making the host wait.
+
+    A plain ``.to("cuda")`` from pageable memory synchronises the stream after the copy, so the host waits
+    until every kernel already queued (the previous training step) has run: one such copy per batch
+    serialises the preparation and launch of the next step with the GPU's work on this one. From pinned
+    memory the copy is queued like a kernel; PyTorch's caching host allocator keeps the pinned buffer alive
+    until it has run.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device=device, dtype=dtype)
+    return t.to(dtype=dtype).pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def channel_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``values`` as a [1, C, 1, 1] tensor on ``device``, made once (not copied to the device every batch)."""
+    return host_to_device(torch.tensor(values, dtype=dtype).view(1, -1, 1, 1), device)
 
 
 def _uniforms(n: int, generator: torch.Generator | None) -> Tensor:
@@ -117,13 +139,13 @@ def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
     """
     n = images.shape[0]
     rois = torch.cat([torch.arange(n, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1)
-    rois = rois.to(device=images.device, dtype=images.dtype)
+    rois = host_to_device(rois, images.device, images.dtype)
     return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 def random_flip(images: Tensor, flip: Tensor) -> Tensor:
     """Mirror the images [N, C, H, W] where the bool mask ``flip`` [N] is set."""
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    flip = host_to_device(flip, images.device).view(-1, 1, 1, 1)
     return torch.where(flip, images.flip(-1), images)
 
 
@@ -162,7 +184,7 @@ def erase(images: Tensor, boxes: Tensor, value: float = 0.0) -> Tensor:
 
     One masked fill for the whole batch; on normalised images ``value`` 0 is the dataset mean.
     """
-    b = boxes.to(images.device).view(-1, 4, 1, 1)
+    b = host_to_device(boxes, images.device).view(-1, 4, 1, 1)
     ys = torch.arange(images.shape[-2], device=images.device).view(1, -1, 1)
     xs = torch.arange(images.shape[-1], device=images.device).view(1, 1, -1)
     inside = (ys >= b[:, 1]) & (ys < b[:, 3]) & (xs >= b[:, 0]) & (xs < b[:, 2])
@@ -176,7 +198,7 @@ def photometric(images: Tensor, factors: Tensor) -> Tensor:
         images: float [N, 3, H, W] in [0, 1].
         factors: [N, 3] multipliers for brightness, contrast, saturation (1 = unchanged).
     """
-    f = factors.to(device=images.device, dtype=images.dtype)
+    f = host_to_device(factors, images.device, images.dtype)
     b, c, s = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
     x = images * b
     mean_grey = _luma(x).mean(dim=(2, 3), keepdim=True)
@@ -198,8 +220,8 @@ def photometric_factors(n: int, strength: float, generator: torch.Generator | No
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """(x - mean) / std per channel for float images [N, C, H, W] in [0, 1]."""
-    m = images.new_tensor(mean).view(1, -1, 1, 1)
-    s = images.new_tensor(std).view(1, -1, 1, 1)
+    m = channel_constants(tuple(mean), images.device, images.dtype)
+    s = channel_constants(tuple(std), images.device, images.dtype)
     return (images - m) / s
 
 
@@ -235,7 +257,7 @@ def crop_resize_ragged(images: list[Tensor], boxes: Tensor, size: int, dtype: to
     rois = torch.cat([torch.zeros(len(images), 1, dtype=boxes.dtype), boxes + shift], dim=1)
     return roi_align(
         canvas.unsqueeze(0),
-        rois.to(device=device, dtype=dtype),
+        host_to_device(rois, device, dtype),
         output_size=(size, size),
         spatial_scale=1.0,
         sampling_ratio=-1,

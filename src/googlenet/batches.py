@@ -20,6 +20,7 @@ from googlenet.augment import (
     crop_resize,
     crop_resize_ragged,
     erase,
+    host_to_device,
     normalize,
     photometric,
     photometric_factors,
@@ -125,7 +126,7 @@ class InMemorySource:
             if b < skip:
                 continue
             part = local_slice(len(idx), self.rank, self.world)
-            local = idx[part].to(self.images.device)
+            local = host_to_device(idx[part], self.images.device)
             x = self.images[local].float().div_(255)
             g = _generator(self.seed, epoch, b)
             x = self._augment(x, len(idx), part, h, w, size, g) if self.train else resize_square(x, size)
@@ -261,7 +262,7 @@ class FolderSource:
         else:
             heights, widths = [img.shape[-2] for img in images], [img.shape[-1] for img in images]
             x = crop_resize_ragged(images, centre_boxes(heights, widths, size, RESIZE_RATIO), size)
-        return x.div_(255).clamp_(0, 1), torch.tensor([it[1] for _, it in good]), bad
+        return x.div_(255).clamp_(0, 1), host_to_device(torch.tensor([it[1] for _, it in good]), self.device), bad
 
 
 def decode_batch(encoded: list[Tensor], names: list[str], device: torch.device) -> list[Tensor | str]:

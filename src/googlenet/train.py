@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import math
@@ -42,6 +43,10 @@ from googlenet.data import (
 )
 from googlenet.model import MIN_INPUT_SIZE, GoogLeNet, GoogLeNetOutputs, create_model, list_models
 from googlenet.pack import open_split
+
+# Under torchrun, how often all processes agree whether a stop (SIGTERM, Ctrl-C) was requested. Each check
+# waits for the device; a preempted job's grace period (tens of seconds) spans many more steps than this.
+STOP_CHECK_STEPS = 20
 
 log = logging.getLogger("googlenet")
 
@@ -521,10 +526,15 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     with StopFlag() as stop_flag:
+        calls = itertools.count(1)
 
         def stop() -> bool:
             if dist.world == 1:
                 return stop_flag.requested
+            # Every process must stop at the same step, which takes an all-reduce whose result the host has
+            # to wait for (a sync with the device): done every STOP_CHECK_STEPS steps, not after each one.
+            if next(calls) % STOP_CHECK_STEPS:
+                return False
             flag = torch.tensor([float(stop_flag.requested)], device=device)
             return bool(D.all_reduce_sum(flag, dist).item() > 0)
 

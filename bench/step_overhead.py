@@ -1,0 +1,161 @@
+"""Host-device syncs in the training loop, and what they cost: Fashion-MNIST, in one process.
+
+The training loop (`googlenet.train.train_one_epoch` fed by the in-memory Fashion-MNIST source, with the
+recipe's crops, flips, erasing, EMA and gradient clipping) is timed twice on the same model and batches:
+- "pageable copies": every per-batch CPU -> GPU copy (batch indices, crop boxes, flip flags, erase boxes,
+  normalisation constants) made with a plain `.to(device)`, as before. PyTorch synchronises the stream after
+  such a copy, so the host waits for the previous step's kernels before it prepares the next batch;
+- "pinned, non-blocking": the same copies through `googlenet.augment.host_to_device` (the code as it is).
+For each it counts the operations that made the host wait (`torch.cuda.set_sync_debug_mode("warn")`) per
+step and prints where they happen. The batches are identical; only how they reach the GPU differs.
+
+    python bench/step_overhead.py             # GPU: the recipe's 64 px, batch 512, eager (and --compile)
+    python bench/step_overhead.py --quick     # seconds on a CPU: checks the script (no syncs to count)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import statistics
+import sys
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from model_speed import pick_device, sync  # noqa: E402
+
+from googlenet import augment, batches  # noqa: E402
+from googlenet import distributed as D  # noqa: E402
+from googlenet.config import resolve  # noqa: E402
+from googlenet.model import create_model  # noqa: E402
+from googlenet.train import EMA, StepContext, TrainConfig, build_sources, param_groups, train_one_epoch  # noqa: E402
+
+
+def _pageable_to_device(t, device, dtype=None):
+    return t.to(device=device, dtype=dtype)
+
+
+def _uncached_channel_constants(values, device, dtype):
+    return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
+
+
+@contextmanager
+def pageable_copies():
+    """The copies as they were before host_to_device: plain `.to(device)`, constants copied every batch."""
+    saved = augment.host_to_device, batches.host_to_device, augment.channel_constants
+    augment.host_to_device = batches.host_to_device = _pageable_to_device
+    augment.channel_constants = _uncached_channel_constants
+    try:
+        yield
+    finally:
+        augment.host_to_device, batches.host_to_device, augment.channel_constants = saved
+
+
+class _NoProgress:
+    def __call__(self, steps, samples, loss_sum) -> bool:
+        return False
+
+
+def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, count_syncs: bool):
+    """Seconds for ``steps`` training steps (after the loop's own first batch) and the syncs seen, by place."""
+    train_model = torch.compile(model) if cfg.compile else model
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay, False), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+    ctx = StepContext(
+        optimizer,
+        lambda s: cfg.lr,
+        cfg.grad_clip,
+        cfg.aux_weight,
+        cfg.label_smoothing,
+        lambda: torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext(),
+        cfg.channels_last,
+        EMA(model, cfg.ema_decay) if cfg.ema else None,
+        lambda: False,
+    )
+    warm = list(itertools.islice(source.batches(epoch, cfg.img_size), 2))  # compile / cudnn autotuning
+    train_one_epoch(train_model, iter(warm), ctx, 0, _NoProgress())
+    sync(device)
+    places: collections.Counter[str] = collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if count_syncs:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            t0 = time.perf_counter()
+            train_one_epoch(train_model, itertools.islice(source.batches(epoch + 1, cfg.img_size), steps), ctx, 0,
+                            _NoProgress())  # fmt: skip
+            sync(device)
+            seconds = time.perf_counter() - t0
+        finally:
+            if count_syncs:
+                torch.cuda.set_sync_debug_mode(0)
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            places[_caller(w)] += 1
+    return seconds, places
+
+
+def _caller(w: warnings.WarningMessage) -> str:
+    return f"{Path(w.filename).name}:{w.lineno}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (a smoke test)")
+    args = p.parse_args()
+    device, name = pick_device(args.quick)
+    overrides = {"device": device.type}
+    if args.quick:
+        overrides.update(img_size=32, batch_size=16, train_subset=256, val_subset=16, bf16=False, compile=False,
+                         channels_last=False)  # fmt: skip
+        args.steps, args.reps = 3, 2
+    cfg = resolve(TrainConfig, "fashion-mnist", {**overrides, "compile": False})
+    count_syncs = device.type == "cuda"
+    print(
+        f"# training-loop overhead, Fashion-MNIST recipe ({cfg.model}, {cfg.img_size} px, batch {cfg.batch_size}, "
+        f"bf16 {cfg.bf16}, channels_last {cfg.channels_last}), {device.type} ({name}); torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; {args.steps} steps, median of {args.reps}"
+    )
+    train_src, *_ = build_sources(cfg, device, D.DistInfo())
+    rows = []
+    for compiled in [False] + ([True] if args.compile else []):
+        cfg_c = resolve(TrainConfig, "fashion-mnist", {**overrides, "compile": compiled})
+        for label, mode in (("pageable copies", pageable_copies), ("pinned, non-blocking", nullcontext)):
+            torch.manual_seed(0)
+            model = create_model(cfg.model, num_classes=10).to(
+                device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
+            )
+            with mode():
+                times = [
+                    run_steps(model, train_src, cfg_c, device, args.steps, 2 * r, False)[0] for r in range(args.reps)
+                ]
+                # Counted apart: the sync debug mode's warnings (with stack traces) would slow the timed passes.
+                places = run_steps(model, train_src, cfg_c, device, args.steps, 2 * args.reps, count_syncs)[1]
+            rate = args.steps * cfg.batch_size / statistics.median(times)
+            syncs = places.total() / args.steps if count_syncs else float("nan")
+            rows.append((label + (", compiled" if compiled else ", eager"), syncs, rate, places))
+            print(f"# {rows[-1][0]}: {syncs:.1f} host syncs per step, {rate:,.0f} img/s", flush=True)
+    print("\n| per-batch copies | host syncs per step | training img/s | x pageable |\n|---|---|---|---|")
+    for i, (label, syncs, rate, _) in enumerate(rows):
+        base = rows[i - i % 2][2]
+        counted = f"{syncs:.1f}" if count_syncs else "n/a (CPU)"
+        print(f"| {label} | {counted} | {rate:,.0f} | {rate / base:.2f} |")
+    for label, _, _, places in rows:
+        if places:
+            where = ", ".join(f"{k} x{v}" for k, v in places.most_common(8))
+            print(f"\nSyncs, {label}: {where}")
+
+
+if __name__ == "__main__":
+    main()
