@@ -32,15 +32,19 @@ else
   train_limit=${TRAIN_LIMIT_S:-400}; e2e_limit=${E2E_LIMIT_S:-200}
 fi
 
+# FM_ARGS: extra flags for both trainings (e.g. "--img-size 96"); FM_TAG names their run folders fm_MODEL_TAG.
+# The final weights are evaluated, not checkpoint_best: Fashion-MNIST's validation split is its test split,
+# so picking the best epoch on it would be selection on the test set.
+read -r -a fm_args <<< "${FM_ARGS:-}"
 fashion_mnist() {  # model, crop counts to evaluate
-  local model=$1 run="$OUT/fm_$1"; shift
-  echo "== $model on Fashion-MNIST ($(date -u +%T))"
+  local model=$1 run="$OUT/fm_$1${FM_TAG:+_$FM_TAG}"; shift
+  echo "== $model on Fashion-MNIST ${FM_ARGS:-} ($(date -u +%T))"
   timeout "$train_limit" $PY -m googlenet train --config fashion-mnist --model "$model" --out "$run" \
-    --log-every 100000 "${train_extra[@]}" > "$run.log" 2>&1
+    --log-every 100000 "${train_extra[@]}" "${fm_args[@]}" > "$run.log" 2>&1
   tail -n 3 "$run.log"
-  if [ -f "$run/checkpoint_best.pt" ]; then
+  if [ -f "$run/checkpoint_last.pt" ]; then
     for crops in "$@"; do
-      $PY -m googlenet eval --checkpoint "$run/checkpoint_best.pt" --data fashion-mnist --crops "$crops" \
+      $PY -m googlenet eval --checkpoint "$run/checkpoint_last.pt" --data fashion-mnist --crops "$crops" \
         --json "$run/eval_${crops}crop.json" --batch-size 256 | head -n 1
     done
   fi
