@@ -329,3 +329,7 @@ def test_training_steps_from_memory_never_make_the_host_wait_for_the_gpu():
 
     stats = train.train_one_epoch(model, syncs_are_errors(src.batches(1, 32)), ctx, 0, lambda *a: False)
     assert stats["steps"] == 4
+    val = InMemorySource(images, torch.arange(64) % 10, batch_size=16, train=False, mean=(0.3,), std=(0.35,),
+                         device="cuda")  # fmt: skip
+    metrics = train.evaluate(model, syncs_are_errors(val.batches(0, 32)), ctx.autocast, True, train.D.DistInfo())
+    assert metrics["val_images"] == 64

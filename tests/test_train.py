@@ -217,3 +217,9 @@ def test_imagenet_recipes_run_end_to_end_on_a_small_folder(image_folder, tmp_pat
     metrics = train.run(C.resolve(train.TrainConfig, recipe, overrides))
     assert metrics["epoch"] == 2 and math.isfinite(metrics["train_loss"])
     assert metrics["img_size"] == (40 if recipe == "fast" else 32)
+
+
+def test_topk_correct_counts_hits_and_caps_k_at_the_class_count():
+    logits = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4], [0.1, 0.5, 0.4]])
+    labels = torch.tensor([1, 2, 0])  # ranks 1, 2 and 3
+    assert train.topk_correct(logits, labels, (1, 2, 5)).tolist() == [1, 2, 3]

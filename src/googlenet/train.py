@@ -201,12 +201,15 @@ def googlenet_loss(outputs: Tensor | GoogLeNetOutputs, labels: Tensor, aux_weigh
     return F.cross_entropy(outputs.float(), labels, label_smoothing=smoothing)
 
 
-def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """Number of samples whose label is among the top k scores, for each k (k capped at the class count)."""
+def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
+    """Number of samples whose label is among the top k scores, for each k (k capped at the class count).
+
+    A tensor on the logits' device, so that summing it over batches never waits for the device.
+    """
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hits = top == labels.unsqueeze(1)
-    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
 
 
 @dataclass
@@ -296,12 +299,10 @@ def evaluate(model: nn.Module, batches, autocast, channels_last: bool, dist: D.D
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
             logits = model(images).float()
-        top1, top5 = topk_correct(logits, labels)
-        totals += torch.tensor(
-            [F.cross_entropy(logits, labels, reduction="sum").item(), top1, top5, len(labels)],
-            device=device,
-            dtype=torch.float64,
-        )
+        loss = F.cross_entropy(logits, labels, reduction="sum").double()
+        totals[0] += loss
+        totals[1:3] += topk_correct(logits, labels)
+        totals[3] += len(labels)
     loss, top1, top5, n = D.all_reduce_sum(totals, dist).tolist()
     n = max(n, 1)
     return {"val_loss": loss / n, "val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_images": int(n)}
