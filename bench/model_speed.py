@@ -8,6 +8,7 @@ nn.LocalResponseNorm in place of ours.
 
     python bench/model_speed.py                 # batch 256 at 224 px on the GPU
     python bench/model_speed.py --compile       # also compiled (minutes of compile time)
+    python bench/model_speed.py --compile --models bn,paper   # fewer compiles
     python bench/model_speed.py --quick         # seconds on a CPU: checks the script itself
 """
 
@@ -135,8 +136,16 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--models",
+        type=lambda v: v.split(","),
+        default=["bn", "paper", "paper_torch_lrn"],
+        help="which of ours to run beside torchvision's: bn,paper,paper_torch_lrn (each compile costs minutes)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device (a smoke test)")
     args = p.parse_args()
+    if unknown := set(args.models) - {"bn", "paper", "paper_torch_lrn"}:
+        p.error(f"unknown --models {sorted(unknown)}; choose from bn, paper, paper_torch_lrn")
     if args.quick:
         args.batch, args.img_size, args.warmup, args.iters, args.reps = 2, 64, 1, 1, 2
     device, gpu = pick_device(args.quick)
@@ -160,13 +169,16 @@ def main() -> None:
     rows = []
     for compiled in [False] + ([True] if args.compile else []):
         rows.append(bench("torchvision googlenet", tv, torchvision_train_outputs, x, y, device, args, compiled))
-        rows.append(bench("ours googlenet_bn", ours_bn, ours_train_outputs, x, y, device, args, compiled))
+        if "bn" in args.models:
+            rows.append(bench("ours googlenet_bn", ours_bn, ours_train_outputs, x, y, device, args, compiled))
         paper = create_model("googlenet")
-        rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
-        rows.append(
-            bench("ours googlenet (paper), nn.LocalResponseNorm", paper_with_torch_lrn(paper), ours_train_outputs,
-                  x, y, device, args, compiled)
-        )  # fmt: skip
+        if "paper" in args.models:
+            rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
+        if "paper_torch_lrn" in args.models:
+            rows.append(
+                bench("ours googlenet (paper), nn.LocalResponseNorm", paper_with_torch_lrn(paper), ours_train_outputs,
+                      x, y, device, args, compiled)
+            )  # fmt: skip
     base = {r["name"].endswith("compiled"): r for r in rows if r["name"].startswith("torchvision")}
     print("\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
