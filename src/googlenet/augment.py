@@ -7,8 +7,8 @@ per-image CPU path (one box at a time, in loader workers) and the batched device
 
 from __future__ import annotations
 
-import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,13 @@ def host_to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | N
     return t.to(dtype=dtype).pin_memory().to(device, non_blocking=True)
 
 
-@functools.lru_cache(maxsize=64)
-def channel_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``values`` as a [1, C, 1, 1] tensor on ``device``, made once (not copied to the device every batch)."""
-    return host_to_device(torch.tensor(values, dtype=dtype).view(1, -1, 1, 1), device)
+def channel_constants(values: tuple[float, ...] | list[float], device: torch.device | str) -> Tensor:
+    """Per-channel ``values`` as a float32 [1, C, 1, 1] tensor on ``device``, for :func:`normalize`.
+
+    Batch sources make theirs once: a tensor built from Python numbers on every batch is a copy to the device
+    every batch (and with ``new_tensor``, one that waits for the queued kernels).
+    """
+    return host_to_device(torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1), device)
 
 
 def _uniforms(n: int, generator: torch.Generator | None) -> Tensor:
@@ -218,10 +221,14 @@ def photometric_factors(n: int, strength: float, generator: torch.Generator | No
     return 1.0 + (torch.rand(n, 3, generator=generator) * 2 - 1) * strength
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(x - mean) / std per channel for float images [N, C, H, W] in [0, 1]."""
-    m = channel_constants(tuple(mean), images.device, images.dtype)
-    s = channel_constants(tuple(std), images.device, images.dtype)
+def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """(x - mean) / std per channel for float images [N, C, H, W] in [0, 1].
+
+    ``mean`` and ``std``: numbers per channel, or [1, C, 1, 1] tensors on the images' device
+    (:func:`channel_constants`), which the training loop's sources pass to stay clear of per-batch copies.
+    """
+    m = mean if isinstance(mean, Tensor) else images.new_tensor(mean).view(1, -1, 1, 1)
+    s = std if isinstance(std, Tensor) else images.new_tensor(std).view(1, -1, 1, 1)
     return (images - m) / s
 
 

@@ -17,6 +17,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from googlenet.augment import (
     PAPER_CROP_RATIO,
     centre_boxes,
+    channel_constants,
     crop_resize,
     crop_resize_ragged,
     erase,
@@ -108,7 +109,8 @@ class InMemorySource:
             images = images.unsqueeze(1)
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.batch_size, self.train, self.mean, self.std = batch_size, train, mean, std
+        self.batch_size, self.train = batch_size, train
+        self.mean, self.std = channel_constants(mean, self.images.device), channel_constants(std, self.images.device)
         self.aug = aug or Augmentation()
         self.seed, self.rank, self.world = seed, rank, world
 
@@ -196,10 +198,11 @@ class FolderSource:
         world: int = 1,
         decode_on_device: bool = False,
     ) -> None:
-        self.dataset, self.batch_size, self.mean, self.std = dataset, batch_size, mean, std
+        self.dataset, self.batch_size = dataset, batch_size
         self.train = dataset.spec.train
         self.aug = aug or Augmentation()
         self.device = torch.device(device)
+        self.mean, self.std = channel_constants(mean, self.device), channel_constants(std, self.device)
         self.seed = seed
         self.decode_on_device = decode_on_device
         self.sampler = _KeyedBatchSampler(len(dataset), batch_size, self.train, seed, rank, world)

@@ -101,7 +101,11 @@ class LoadedModel:
 
 
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model of a checkpoint, in eval mode on ``device``, with its class names and preprocessing."""
+    """Rebuild the model of a checkpoint, in eval mode on ``device``, with its class names and preprocessing.
+
+    The model is in channels_last memory format: the same outputs, and on a CPU about 1.7x the inference
+    speed of the default layout (oneDNN's blocked convolutions; measured in ``bench/cpu_speed.py``).
+    """
     ckpt = read_checkpoint(path)
     try:
         model = model_from_config(ckpt["model_config"])
@@ -114,7 +118,8 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for a {num_classes}-class model")
-    return LoadedModel(model.to(device).eval(), names, dict(ckpt.get("preprocess") or {}), Path(path))
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return LoadedModel(model, names, dict(ckpt.get("preprocess") or {}), Path(path))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> GoogLeNet:

@@ -177,7 +177,7 @@ def evaluate_ensemble(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     top1 = top5 = n = skipped = 0
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         for items in loader:
             good = [(img, label) for img, label, _ in items if img is not None]
             for img, _, msg in items:
@@ -189,7 +189,7 @@ def evaluate_ensemble(
             images, labels = [g[0] for g in good], torch.tensor([g[1] for g in good])
             probs = torch.zeros(len(good), num_classes)
             for member in members:
-                crops = _crops_for(member, images, n_crops).to(device)
+                crops = _crops_for(member, images, n_crops).to(device, memory_format=torch.channels_last)
                 x = normalize(crops.float() / 255, member.preprocess["mean"], member.preprocess["std"])
                 logits = member.model(x).float().softmax(dim=1)
                 probs += logits.view(len(good), n_crops, num_classes).mean(dim=1).cpu()

@@ -53,8 +53,8 @@ def predict(
     pending: list[tuple[str, Tensor]] = []
 
     def flush() -> Iterator[Prediction]:
-        x = torch.stack([t for _, t in pending]).to(device)
-        with torch.no_grad():
+        x = torch.stack([t for _, t in pending]).to(device, memory_format=torch.channels_last)
+        with torch.inference_mode():
             probs = member.model(x).float().softmax(dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
         for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
