@@ -28,7 +28,7 @@ data:
 # training on 2 CPU cores); prints the test accuracy.
 demo: setup data
 	$(BIN)/googlenet train --config fashion-mnist --img-size 32 --batch-size 128 --lr 0.05 --epochs 3 \
-		--warmup-epochs 0.5 --train-subset 30000 --no-bf16 --no-channels-last --no-compile --device cpu \
+		--warmup-epochs 0.5 --train-subset 30000 --no-bf16 --no-compile --device cpu \
 		--out runs/demo
 
 test: setup data

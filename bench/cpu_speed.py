@@ -8,6 +8,9 @@ validation transforms of both are compared pixel by pixel.
 
 Predict: batch of 224 px images through the eager model and through onnxruntime running the exported graph.
 
+Training step: the paper variant (both aux heads, SGD) at the Fashion-MNIST sizes, in the default memory
+layout and in channels_last, steps interleaved.
+
     python bench/cpu_speed.py            # ~2 minutes on 2 cores
     python bench/cpu_speed.py --quick    # seconds: checks the script
 """
@@ -144,6 +147,31 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
     return rows
 
 
+def train_layout_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tuple[int, float, float]]:
+    """(size, default-layout img/s, channels_last img/s) of a paper-variant training step, median of ``reps``."""
+    rows = []
+    for size in sizes:
+        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+        steps = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            model = create_model("googlenet", num_classes=10).to(memory_format=fmt)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            x_fmt = x.contiguous(memory_format=fmt)
+
+            def step(_, m=model, o=opt, xx=x_fmt, yy=y):
+                loss = sum(torch.nn.functional.cross_entropy(out, yy) for out in m(xx, with_aux=True))
+                o.zero_grad()
+                loss.backward()
+                o.step()
+
+            steps.append(step)
+        default, channels_last = (r * batch for r in rates(steps, [None], reps))
+        rows.append((size, default, channels_last))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=200)
@@ -175,6 +203,11 @@ def main() -> None:
         print("| model / runtime | images/s | max abs logit diff vs eager |\n|---|---|---|")
         for name, r, d in predict_speed(batch, size, args.reps, tmp):
             print(f"| {name} | {r:,.1f} | {d:.1e} |")
+    sizes, batch, reps = ((32,), 4, 1) if args.quick else ((32, 64), 128, 2 * args.reps)
+    print(f"\n## Training step, paper variant, batch {batch}, {threads} threads (median of {reps}, interleaved)\n")
+    print("| size | default layout img/s | channels_last img/s | x default |\n|---|---|---|---|")
+    for size, default, channels_last in train_layout_speed(sizes, batch, reps):
+        print(f"| {size} px | {default:,.0f} | {channels_last:,.0f} | {channels_last / default:.2f} |")
 
 
 if __name__ == "__main__":
