@@ -103,7 +103,7 @@ class LoadedModel:
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint, in eval mode on ``device``, with its class names and preprocessing.
 
-    The model is in channels_last memory format: the same outputs, and on a CPU about 1.7x the inference
+    The model is in channels_last memory format: the same outputs, and on a CPU 1.5-1.9x the inference
     speed of the default layout (oneDNN's blocked convolutions; measured in ``bench/cpu_speed.py``).
     """
     ckpt = read_checkpoint(path)
