@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import itertools
 import statistics
 import sys
@@ -60,11 +61,6 @@ def pageable_copies(source):
         augment.host_to_device, batches.host_to_device, batches.normalize = saved
 
 
-class _NoProgress:
-    def __call__(self, steps, samples, loss_sum) -> bool:
-        return False
-
-
 def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, count_syncs: bool):
     """Seconds for ``steps`` training steps (after the loop's own first batch) and the syncs seen, by place."""
     train_model = torch.compile(model) if cfg.compile else model
@@ -83,7 +79,7 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
         lambda: False,
     )
     warm = list(itertools.islice(source.batches(epoch, cfg.img_size), 2))  # compile / cudnn autotuning
-    train_one_epoch(train_model, iter(warm), ctx, 0, _NoProgress())
+    train_one_epoch(train_model, iter(warm), ctx, 0, lambda *_: False)
     sync(device)
     places: collections.Counter[str] = collections.Counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -92,8 +88,8 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
             torch.cuda.set_sync_debug_mode("warn")
         try:
             t0 = time.perf_counter()
-            train_one_epoch(train_model, itertools.islice(source.batches(epoch + 1, cfg.img_size), steps), ctx, 0,
-                            _NoProgress())  # fmt: skip
+            batches = itertools.islice(source.batches(epoch + 1, cfg.img_size), steps)
+            train_one_epoch(train_model, batches, ctx, 0, lambda *_: False)
             sync(device)
             seconds = time.perf_counter() - t0
         finally:
@@ -101,12 +97,8 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
                 torch.cuda.set_sync_debug_mode(0)
     for w in caught:
         if "synchroniz" in str(w.message).lower():
-            places[_caller(w)] += 1
+            places[f"{Path(w.filename).name}:{w.lineno}"] += 1
     return seconds, places
-
-
-def _caller(w: warnings.WarningMessage) -> str:
-    return f"{Path(w.filename).name}:{w.lineno}"
 
 
 def main() -> None:
@@ -117,12 +109,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (a smoke test)")
     args = p.parse_args()
     device, name = pick_device(args.quick)
-    overrides = {"device": device.type}
+    overrides = {"device": device.type, "compile": False}
     if args.quick:
-        overrides.update(img_size=32, batch_size=16, train_subset=256, val_subset=16, bf16=False, compile=False,
-                         channels_last=False)  # fmt: skip
+        overrides.update(img_size=32, batch_size=16, train_subset=256, val_subset=16, bf16=False, channels_last=False)
         args.steps, args.reps = 3, 2
-    cfg = resolve(TrainConfig, "fashion-mnist", {**overrides, "compile": False})
+    cfg = resolve(TrainConfig, "fashion-mnist", overrides)
     count_syncs = device.type == "cuda"
     print(
         f"# training-loop overhead, Fashion-MNIST recipe ({cfg.model}, {cfg.img_size} px, batch {cfg.batch_size}, "
@@ -132,7 +123,7 @@ def main() -> None:
     train_src, *_ = build_sources(cfg, device, D.DistInfo())
     rows = []
     for compiled in [False] + ([True] if args.compile else []):
-        cfg_c = resolve(TrainConfig, "fashion-mnist", {**overrides, "compile": compiled})
+        cfg_c = dataclasses.replace(cfg, compile=compiled)
         for label, mode in (("pageable copies", pageable_copies), ("pinned, non-blocking", lambda _: nullcontext())):
             torch.manual_seed(0)
             model = create_model(cfg.model, num_classes=10).to(

@@ -59,8 +59,9 @@ class PackedIndex(ImageFolderIndex):
         if mm is None:
             mm = np.memmap(self.path, dtype=np.uint8, mode="r")
             object.__setattr__(self, "_map", mm)
-        start = int(self.offsets[self.entries[i]])
-        return mm[start : start + int(self.lengths[self.entries[i]])].tobytes()
+        e = self.entries[i]
+        start = int(self.offsets[e])
+        return mm[start : start + int(self.lengths[e])].tobytes()
 
     def subset(self, keep: list[int]) -> PackedIndex:
         return replace(
