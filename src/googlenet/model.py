@@ -269,6 +269,16 @@ class GoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(1024, config.num_classes)
+        if config.transform_input or config.caffe_input:
+            # Constants of the input remap, as non-persistent buffers: they follow .to(device) and leave
+            # state_dicts unchanged. (Built per forward with new_tensor, each was a blocking host-to-device
+            # copy on a GPU.)
+            for name, values in (
+                ("input_mean", _IMAGENET_MEAN),
+                ("input_std", _IMAGENET_STD),
+                ("caffe_bgr_mean", _CAFFE_BGR_MEAN),
+            ):
+                self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -303,15 +313,16 @@ class GoogLeNet(nn.Module):
             raise ValueError(f"{self.config.variant} expects height and width >= {min_size}, got {tuple(x.shape[-2:])}")
 
     def _transform_input(self, x: Tensor) -> Tensor:
-        mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+        if not (self.config.transform_input or self.config.caffe_input):
+            return x
+        mean, std = self.input_mean, self.input_std
         if self.config.transform_input:
             # Per channel: undo mean/std normalisation, then map [0, 1] to [-1, 1] (torchvision's formula).
             x = x * (std / 0.5) + (mean - 0.5) / 0.5
         if self.config.caffe_input:
             # Back to 0-255 RGB, reorder to BGR, subtract Caffe's per-channel means (SPEC section 2).
             x = (x * std + mean) * 255.0
-            x = x.flip(1) - x.new_tensor(_CAFFE_BGR_MEAN).view(1, 3, 1, 1)
+            x = x.flip(1) - self.caffe_bgr_mean
         return x
 
     def forward_stem(self, x: Tensor) -> Tensor:
