@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from googlenet import config as C
 from googlenet import create_model, load_checkpoint, train
-from googlenet.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from googlenet.checkpoint import CheckpointError, link_checkpoint, read_checkpoint, save_checkpoint
 from googlenet.data import DataError
 
 from .conftest import small_config
@@ -107,6 +108,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
     assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(2))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_best_checkpoint_keeps_its_epoch_when_last_moves_on(tmp_path, monkeypatch, hard_links):
+    if not hard_links:  # a filesystem without them: the copy fallback
+
+        def no_link(*args):
+            raise OSError("hard links not supported")
+
+        monkeypatch.setattr(os, "link", no_link)
+    last, best = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_best.pt"
+    save_checkpoint(last, {"model": {"w": torch.ones(2)}})
+    link_checkpoint(last, best)
+    assert os.path.samefile(last, best) == hard_links
+    save_checkpoint(last, {"model": {"w": torch.zeros(2)}})  # a later, worse epoch
+    assert torch.equal(read_checkpoint(best)["model"]["w"], torch.ones(2))
+    assert torch.equal(read_checkpoint(last)["model"]["w"], torch.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [best.name, last.name]  # no temporary file left
 
 
 def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):

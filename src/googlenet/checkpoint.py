@@ -8,6 +8,7 @@ class names and the preprocessing, besides the weights (and, from training, the 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,29 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` hold what ``src`` holds now, atomically, without writing it a second time.
+
+    A hard link where the filesystem has them (a copy otherwise), then a rename over ``dst``. The run writes
+    ``checkpoint_last.pt`` by rename, never in place, so a later epoch gives last a new file and leaves the
+    linked best one as it was.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FUSE filesystems)
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

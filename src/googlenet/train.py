@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from googlenet import config as C
 from googlenet import distributed as D
 from googlenet.batches import Augmentation, FolderSource, InMemorySource, folder_crop_spec
-from googlenet.checkpoint import read_checkpoint, save_checkpoint, unwrap
+from googlenet.checkpoint import link_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from googlenet.config import ConfigError
 from googlenet.data import (
     FASHION_MNIST_CLASSES,
@@ -605,7 +605,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
                 ckpt = payload(epoch + 1, 0, global_step, best, metrics)
                 save_checkpoint(out / "checkpoint_last.pt", ckpt)
                 if val["val_top1"] > state["best_top1"]:
-                    save_checkpoint(out / "checkpoint_best.pt", ckpt)
+                    link_checkpoint(out / "checkpoint_last.pt", out / "checkpoint_best.pt")
                 # Training + validation + checkpoints: what an epoch costs on the clock (plan GPU runs with it).
                 line = {**metrics, "wall_s": time.perf_counter() - t0}
                 with open(out / "metrics.jsonl", "a") as f:
