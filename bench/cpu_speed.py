@@ -129,21 +129,26 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
         onnx_path = tmp / f"{name}.onnx"
         export_onnx(model, onnx_path, size)
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        # What `googlenet predict` and `googlenet eval` run: channels_last weights and inputs.
-        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        # What `googlenet predict` and `googlenet eval` run: channels_last weights and inputs, and for
+        # googlenet_bn BatchNorm folded into the convolutions.
         x_cl = x.contiguous(memory_format=torch.channels_last)
+        variants = [
+            ("default layout", model, x),
+            ("channels_last", copy.deepcopy(model).to(memory_format=torch.channels_last), x_cl),
+        ]
+        if name == "googlenet_bn":
+            folded = copy.deepcopy(model).fold_batchnorm().to(memory_format=torch.channels_last)
+            variants.append(("channels_last + BN folded", folded, x_cl))
+        labels = [f"{name} PyTorch eager, {v[0]}" for v in variants] + [f"{name} onnxruntime"]
+        labels[-2] += " (googlenet predict / eval)"
         with torch.inference_mode():
             ref = model(x)
-            diff_cl = (model_cl(x_cl) - ref).abs().max().item()
-            diff = (torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max().item()
-            fns = [lambda _, m=model: m(x), lambda _, m=model_cl, xc=x_cl: m(xc)]
+            diffs = [(m(xx) - ref).abs().max().item() for _, m, xx in variants]
+            diffs.append((torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max().item())
+            fns = [lambda _, m=m, xx=xx: m(xx) for _, m, xx in variants]
             fns.append(lambda _, s=session: s.run(None, {"input": x.numpy()}))
-            eager, eager_cl, ort_rate = (r * batch for r in rates(fns, [None], reps))
-        rows += [
-            (f"{name} PyTorch eager, default layout", eager, 0.0),
-            (f"{name} PyTorch eager, channels_last (googlenet predict / eval)", eager_cl, diff_cl),
-            (f"{name} onnxruntime", ort_rate, diff),
-        ]
+            speeds = [r * batch for r in rates(fns, [None], reps)]
+        rows += list(zip(labels, speeds, diffs))
     return rows
 
 

@@ -44,8 +44,11 @@ fashion_mnist() {  # model, crop counts to evaluate
   tail -n 3 "$run.log"
   if [ -f "$run/checkpoint_last.pt" ]; then
     for crops in "$@"; do
+      # Into a file, not `| head`: head would exit after one line and the eval's next print (per-class
+      # lines, unbuffered here) would die of a broken pipe before the JSON is written.
       $PY -m googlenet eval --checkpoint "$run/checkpoint_last.pt" --data fashion-mnist --crops "$crops" \
-        --json "$run/eval_${crops}crop.json" --batch-size 256 | head -n 1
+        --json "$run/eval_${crops}crop.json" --batch-size 256 > "$run/eval_${crops}crop.txt" 2>&1
+      head -n 1 "$run/eval_${crops}crop.txt"
     done
   fi
   rm -f "$run"/checkpoint_*.pt

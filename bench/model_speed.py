@@ -8,13 +8,14 @@ nn.LocalResponseNorm in place of ours.
 
     python bench/model_speed.py                 # batch 256 at 224 px on the GPU
     python bench/model_speed.py --compile       # also compiled (minutes of compile time)
-    python bench/model_speed.py --compile --models bn,paper   # fewer compiles
+    python bench/model_speed.py --compile --models bn,bn_folded,paper   # fewer compiles
     python bench/model_speed.py --quick         # seconds on a CPU: checks the script itself
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -27,6 +28,8 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
 from googlenet.train import googlenet_loss  # noqa: E402
+
+MODELS = ("bn", "bn_folded", "paper", "paper_torch_lrn")  # ours, beside torchvision's
 
 
 def sync(device: torch.device) -> None:
@@ -65,7 +68,8 @@ def ours_train_outputs(model, x):
     return tuple(model(x, with_aux=True))
 
 
-def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> dict:
+def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool, train: bool = True) -> dict:
+    """Training (unless ``train`` is False: an inference-only model) and inference rates of ``model``."""
     use_bf16 = device.type == "cuda"
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
@@ -99,16 +103,18 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool) -> d
         sync(device)
         return time.perf_counter() - t0
 
-    model.train()
-    compile_s += first_call_seconds(train_step) if compile_model else 0.0
-    train_s = timed(train_step, device, args.warmup, args.iters, args.reps)
+    train_s = None
+    if train:
+        model.train()
+        compile_s += first_call_seconds(train_step) if compile_model else 0.0
+        train_s = timed(train_step, device, args.warmup, args.iters, args.reps)
     model.eval()
     compile_s += first_call_seconds(infer) if compile_model else 0.0
     infer_s = timed(infer, device, args.warmup, args.iters, args.reps)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {
         "name": name + (" compiled" if compile_model else ""),
-        "train": len(x) / train_s,
+        "train": len(x) / train_s if train_s else None,
         "infer": len(x) / infer_s,
         "compile_s": compile_s,
         "mem_gib": mem,
@@ -139,13 +145,13 @@ def main() -> None:
     p.add_argument(
         "--models",
         type=lambda v: v.split(","),
-        default=["bn", "paper", "paper_torch_lrn"],
-        help="which of ours to run beside torchvision's: bn,paper,paper_torch_lrn (each compile costs minutes)",
+        default=list(MODELS),
+        help=f"which of ours to run beside torchvision's: {','.join(MODELS)} (each compile costs minutes)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes on any device (a smoke test)")
     args = p.parse_args()
-    if unknown := set(args.models) - {"bn", "paper", "paper_torch_lrn"}:
-        p.error(f"unknown --models {sorted(unknown)}; choose from bn, paper, paper_torch_lrn")
+    if unknown := set(args.models) - set(MODELS):
+        p.error(f"unknown --models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.quick:
         args.batch, args.img_size, args.warmup, args.iters, args.reps = 2, 64, 1, 1, 2
     device, gpu = pick_device(args.quick)
@@ -165,12 +171,33 @@ def main() -> None:
         diff = (tv.eval()(x[:2]) - ours_bn.eval()(x[:2])).abs().max().item()
     print(f"# logits check, torchvision vs googlenet_bn with the same weights (fp32, eval): max |diff| {diff:.2e}")
     assert diff < 1e-3, "googlenet_bn does not reproduce torchvision"
+    # Folding is checked on a copy with non-trivial BN statistics and weights of scale 1 (with the init's
+    # std 0.01 the logits all but vanish and any folding would "match").
+    check = copy.deepcopy(ours_bn)
+    g = torch.Generator().manual_seed(1)
+    for m in check.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        elif isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, generator=g)
+    with torch.no_grad():
+        ref = check(x[:2])
+        diff = (copy.deepcopy(check).fold_batchnorm()(x[:2]) - ref).abs().max().item() / ref.abs().max().item()
+    print(f"# logits check, googlenet_bn with BatchNorm folded vs not (fp32): max |diff| / max |logit| {diff:.2e}")
+    assert diff < 1e-4, "folding BatchNorm changed googlenet_bn's function"
+    folded = copy.deepcopy(ours_bn).fold_batchnorm()
 
     rows = []
     for compiled in [False] + ([True] if args.compile else []):
         rows.append(bench("torchvision googlenet", tv, torchvision_train_outputs, x, y, device, args, compiled))
         if "bn" in args.models:
             rows.append(bench("ours googlenet_bn", ours_bn, ours_train_outputs, x, y, device, args, compiled))
+        if "bn_folded" in args.models:  # what `googlenet predict` / `eval` run
+            rows.append(
+                bench("ours googlenet_bn, BN folded (inference only)", folded, None, x, y, device, args, compiled,
+                      train=False)
+            )  # fmt: skip
         paper = create_model("googlenet")
         if "paper" in args.models:
             rows.append(bench("ours googlenet (paper)", paper, ours_train_outputs, x, y, device, args, compiled))
@@ -184,8 +211,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         b = base[r["name"].endswith("compiled")]
+        train = f"{r['train']:,.0f} | {r['train'] / b['train']:.2f}" if r["train"] else "- | -"
         print(
-            f"| {r['name']} | {r['train']:,.0f} | {r['train'] / b['train']:.2f} | {r['infer']:,.0f} | "
+            f"| {r['name']} | {train} | {r['infer']:,.0f} | "
             f"{r['infer'] / b['infer']:.2f} | {r['compile_s']:.0f} | {r['mem_gib']:.1f} |"
         )
 

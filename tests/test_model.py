@@ -1,5 +1,7 @@
 """The model against its oracles: the recomputed Table 1 (SPEC section 1) and torchvision's googlenet."""
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -99,6 +101,26 @@ def test_bn_variant_reproduces_torchvision_logits(transform_input):
         expected, got = tv(x), ours(x)
     assert isinstance(got, torch.Tensor)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_folded_batchnorm_gives_the_same_logits_and_refuses_training():
+    torch.manual_seed(0)
+    model = create_model("googlenet_bn", num_classes=7).eval()
+    _randomise_bn_stats(model)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x, with_aux=True)
+        folded = copy.deepcopy(model).fold_batchnorm()
+        got = folded(x, with_aux=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for g, e in zip(got, expected):  # logits and both aux heads
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="folded"):
+        folded.train()
+    paper = create_model("googlenet", num_classes=7)
+    keys = set(paper.state_dict())
+    assert set(paper.fold_batchnorm().state_dict()) == keys  # no BatchNorm: unchanged
+    paper.train()  # and still trainable
 
 
 def test_bn_variant_aux_heads_match_torchvision_in_training_mode():

@@ -159,6 +159,18 @@ def test_eval_cli_144_crops_writes_json_and_confusion(image_folder, tmp_path):
     assert out.with_suffix(".confusion.png").stat().st_size > 1000
 
 
+def test_eval_cli_writes_its_files_even_when_stdout_is_closed(image_folder, tmp_path):
+    # As `googlenet eval ... | head -n 1` can leave it: the reader is gone before the first print.
+    ckpt = make_checkpoint(tmp_path / "a.pt", ["class_0", "class_1", "class_2"])
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "googlenet", "eval", "--checkpoint", str(ckpt), "--data", str(image_folder)]
+    proc = subprocess.Popen([*cmd, "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # our read end: every write of the child now fails with EPIPE
+    stderr = proc.communicate(timeout=600)[1]
+    assert json.loads(out.read_text())["images"] == 12
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -124,11 +124,13 @@ class LoadedModel:
     path: Path
 
 
-def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", fold_batchnorm: bool = False) -> LoadedModel:
     """Rebuild the model of a checkpoint, in eval mode on ``device``, with its class names and preprocessing.
 
     The model is in channels_last memory format: the same outputs, and on a CPU 1.5-1.9x the inference
     speed of the default layout (oneDNN's blocked convolutions; measured in ``bench/cpu_speed.py``).
+    ``fold_batchnorm``: fold BatchNorm into the convolutions (:meth:`GoogLeNet.fold_batchnorm`), for
+    inference only, as ``googlenet predict`` and ``googlenet eval`` do.
     """
     ckpt = read_checkpoint(path)
     try:
@@ -142,6 +144,8 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+    if fold_batchnorm:
+        model.fold_batchnorm()
     model = model.to(device, memory_format=torch.channels_last).eval()
     return LoadedModel(model, names, dict(ckpt.get("preprocess") or {}), Path(path))
 

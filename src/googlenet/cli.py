@@ -115,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from googlenet.checkpoint import open_checkpoint
     from googlenet.predict import predict
 
-    member = open_checkpoint(args.checkpoint, _device(args.device))
+    member = open_checkpoint(args.checkpoint, _device(args.device), fold_batchnorm=True)
     failed = 0
     for pred in predict(member, args.paths, args.top_k, args.batch_size, _device(args.device)):
         if pred.error:
@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader of stdout went away (`googlenet predict ... | head`): stop quietly, as other tools do.
+        # stdout goes to devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except _expected_errors() as e:
         if getattr(args, "debug", False):
             raise

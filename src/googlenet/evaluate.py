@@ -241,9 +241,16 @@ def run_eval(
     checkpoints: list[str], data: str, crops: int, json_out: str | None, batch_size: int, workers: int, device: str
 ) -> EvalResult:
     """`googlenet eval`: load the members, evaluate, print, and write the JSON and confusion PNG."""
-    members = [open_checkpoint(c, device) for c in checkpoints]
+    members = [open_checkpoint(c, device, fold_batchnorm=True) for c in checkpoints]
     dataset = eval_dataset(data, members[0].class_names)
     result = evaluate_ensemble(members, dataset, crops, batch_size, workers, device)
+    # Files first: a reader that closes stdout early (`googlenet eval ... | head -n 1`) must not cost them.
+    if json_out:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
+        if result.confusion is not None:
+            plot_confusion(result.confusion, members[0].class_names, path.with_suffix(".confusion.png"))
     print(
         f"top1 {result.top1:.2f}%  top5 {result.top5:.2f}%  images {result.images}  crops {result.crops}  "
         f"models {result.models}  seconds {result.seconds:.1f}"
@@ -252,10 +259,4 @@ def run_eval(
     if result.per_class:
         for name, acc in result.per_class.items():
             print(f"  {name:<24} {acc:6.2f}%")
-    if json_out:
-        path = Path(json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
-        if result.confusion is not None:
-            plot_confusion(result.confusion, members[0].class_names, path.with_suffix(".confusion.png"))
     return result
