@@ -108,6 +108,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
     assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(2))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    monkeypatch.undo()
+    old_umask = os.umask(0o027)
+    try:
+        save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+    finally:
+        os.umask(old_umask)
+    assert path.stat().st_mode & 0o777 == 0o640  # the umask's permissions, not mkstemp's 0600
 
 
 @pytest.mark.parametrize("hard_links", [True, False])

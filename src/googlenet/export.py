@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from googlenet.augment import normalize
+from googlenet.checkpoint import default_file_mode
 
 
 class WithPreprocessing(nn.Module):
@@ -70,6 +71,7 @@ def export_onnx(
             )
         program.save(tmp)
         error = verify_onnx(module, tmp, example) if check else 0.0
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
         return error
     finally:
