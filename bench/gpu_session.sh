@@ -10,9 +10,11 @@
 # their evaluation (too large to bring back). TRAIN_LIMIT_S / E2E_LIMIT_S bound each phase; a training run
 # stopped by its limit saves a checkpoint on SIGTERM and is still evaluated.
 #   bash bench/gpu_session.sh --quick [PHASE...]   # a minute on a CPU: checks the script
-# On the lent machine (at most 8 files come back, so bring one archive; the data travels in .data/):
-#   R=$OUT; OUT=/tmp/gs GOOGLENET_DATA=$PWD/.data/fashion-mnist timeout 560 bash bench/gpu_session.sh e2e fm_googlenet;
+# On the lent machine (at most 8 files come back, so bring one archive; the data travels in .data/), in two
+# calls while the machine stays warm, the training first since it answers the open accuracy goal:
+#   R=$OUT; OUT=/tmp/gs GOOGLENET_DATA=$PWD/.data/fashion-mnist timeout 480 bash bench/gpu_session.sh fm_googlenet step_overhead;
 #   tar czf $R/gs.tgz --exclude='*.pt' -C /tmp/gs .
+#   (then the same with `e2e model_speed` and timeout 260)
 set -u
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
