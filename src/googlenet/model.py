@@ -392,7 +392,7 @@ class GoogLeNet(nn.Module):
         """Fold each BatchNorm into the convolution before it, for inference only; returns the model in eval mode.
 
         In eval mode BN is a per-channel affine map, so conv then BN is one convolution with a bias: each layer
-        skips a pass over its output (googlenet_bn predicts 1.2x faster on a CPU, ``bench/cpu_speed.py``).
+        skips a pass over its output (googlenet_bn predicts 1.08-1.19x faster on a CPU, ``bench/cpu_speed.py``).
         The paper variant has no BatchNorm: nothing changes. A model with folded BatchNorm refuses
         ``train()``, since it would train without normalisation.
         """
