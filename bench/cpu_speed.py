@@ -6,7 +6,8 @@ uint8 crop in the worker; normalisation happens batched on the training device),
 from a pack of them (`googlenet prepare`). One process, one thread, so the numbers are per core. The
 validation transforms of both are compared pixel by pixel.
 
-Predict: batch of 224 px images through the eager model and through onnxruntime running the exported graph.
+Predict: batch of 224 px images through the eager model (default layout, channels_last, and for googlenet_bn
+also with BatchNorm folded) and through onnxruntime running the exported graph.
 
 Training step: the paper variant (both aux heads, SGD) at the Fashion-MNIST sizes, in the default memory
 layout and in channels_last, steps interleaved.
