@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from googlenet.files import replacing
 from googlenet.model import GoogLeNet, model_from_config
 
 FORMAT = "googlenet-checkpoint/1"
@@ -52,31 +52,15 @@ def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def default_file_mode() -> int:
-    """The permissions ``open()`` gives a new file under the current umask (mkstemp's are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
     A crash or kill mid-write leaves the previous checkpoint intact, never a half-written one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, default_file_mode())  # readable by whoever may read the run folder's other files
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -86,20 +70,13 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> None:
     ``checkpoint_last.pt`` by rename, never in place, so a later epoch gives last a new file and leaves the
     linked best one as it was.
     """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with replacing(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:  # no hard links here (some network and FUSE filesystems)
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from googlenet.augment import normalize
-from googlenet.checkpoint import default_file_mode
+from googlenet.files import replacing
 
 
 class WithPreprocessing(nn.Module):
@@ -51,12 +49,8 @@ def export_onnx(
     if preprocess is not None:
         module = WithPreprocessing(model, preprocess["mean"], preprocess["std"]).eval()
         example = torch.randint(0, 256, (2, 3, img_size, img_size), dtype=torch.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with replacing(path) as tmp:
         with torch.no_grad():
             program = torch.onnx.export(
                 module,
@@ -70,12 +64,7 @@ def export_onnx(
                 external_data=False,
             )
         program.save(tmp)
-        error = verify_onnx(module, tmp, example) if check else 0.0
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-        return error
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return verify_onnx(module, tmp, example) if check else 0.0
 
 
 def verify_onnx(module: nn.Module, onnx_path: str | Path, example: Tensor, tol: float = 1e-3) -> float:

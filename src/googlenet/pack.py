@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from googlenet.data import DataError, ImageFolderIndex, decode_rgb_bytes, scan_split
+from googlenet.files import replacing
 
 log = logging.getLogger("googlenet")
 
@@ -161,43 +162,38 @@ def write_pack(
         raise ValueError("quality must be in [1, 100]")
     start = time.perf_counter()
     loader = torch.utils.data.DataLoader(_Reencoded(index, short_side, quality), batch_size=None, num_workers=workers)
-    tmp = path.with_name(path.name + ".tmp")
     names, labels, offsets, lengths, skipped = [], [], [], [], []
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            for i, (data, error) in enumerate(loader):
-                if data is None:
-                    log.warning("skipping %s", error)
-                    skipped.append(error)
-                    continue
-                offsets.append(f.tell())
-                lengths.append(len(data))
-                f.write(data)
-                names.append(index.files[i])
-                labels.append(index.labels[i])
-                if (i + 1) % 10_000 == 0:
-                    log.info("%s: %d / %d images", path.name, i + 1, len(index.files))
-            if not names:
-                raise DataError(f"{path}: none of the {len(index.files)} images could be decoded")
-            meta = {
-                "version": 1,
-                "classes": list(index.classes),
-                "names": names,
-                "labels": torch.tensor(labels, dtype=torch.int64),
-                "offsets": torch.tensor(offsets, dtype=torch.int64),
-                "lengths": torch.tensor(lengths, dtype=torch.int64),
-                "short_side": short_side,
-                "quality": quality,
-            }
-            index_offset = f.tell()
-            torch.save(meta, f)
-            f.write(_TRAILER.pack(index_offset, MAGIC))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(MAGIC)
+        for i, (data, error) in enumerate(loader):
+            if data is None:
+                log.warning("skipping %s", error)
+                skipped.append(error)
+                continue
+            offsets.append(f.tell())
+            lengths.append(len(data))
+            f.write(data)
+            names.append(index.files[i])
+            labels.append(index.labels[i])
+            if (i + 1) % 10_000 == 0:
+                log.info("%s: %d / %d images", path.name, i + 1, len(index.files))
+        if not names:
+            raise DataError(f"{path}: none of the {len(index.files)} images could be decoded")
+        meta = {
+            "version": 1,
+            "classes": list(index.classes),
+            "names": names,
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "lengths": torch.tensor(lengths, dtype=torch.int64),
+            "short_side": short_side,
+            "quality": quality,
+        }
+        index_offset = f.tell()
+        torch.save(meta, f)
+        f.write(_TRAILER.pack(index_offset, MAGIC))
+        f.flush()
+        os.fsync(f.fileno())
     source_bytes = sum(os.path.getsize(p) for p in index.files if os.path.exists(p))
     return PackReport(len(names), skipped, source_bytes, path.stat().st_size, time.perf_counter() - start)
 

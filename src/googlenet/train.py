@@ -41,6 +41,7 @@ from googlenet.data import (
     ImageFolderDataset,
     load_fashion_mnist,
 )
+from googlenet.files import replacing
 from googlenet.model import MIN_INPUT_SIZE, GoogLeNet, GoogLeNetOutputs, create_model, list_models
 from googlenet.pack import open_split
 
@@ -679,7 +680,6 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     ax2.set_xlabel("epoch")
     ax2.legend()
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(png_path)
