@@ -10,7 +10,7 @@ Predict: batch of 224 px images through the eager model (default layout, channel
 also with BatchNorm folded) and through onnxruntime running the exported graph.
 
 Training step: the paper variant (both aux heads, SGD) at the Fashion-MNIST sizes, in the default memory
-layout and in channels_last, steps interleaved.
+layout, in channels_last, and in channels_last under bf16 autocast (as `--bf16` trains), steps interleaved.
 
     python bench/cpu_speed.py            # ~2 minutes on 2 cores
     python bench/cpu_speed.py --quick    # seconds: checks the script
@@ -45,6 +45,15 @@ from googlenet.data import (  # noqa: E402
 )
 from googlenet.export import export_onnx  # noqa: E402
 from googlenet.pack import open_pack, write_pack  # noqa: E402
+from googlenet.train import cpu_has_native_bf16  # noqa: E402
+
+# Training-step settings compared: (memory format, bf16 autocast). bf16 pays off only where the CPU has
+# native bf16 instructions (AVX512-BF16 or AMX; see googlenet.train.cpu_has_native_bf16).
+TRAIN_SETTINGS = {
+    "default layout, fp32": (torch.contiguous_format, False),
+    "channels_last, fp32": (torch.channels_last, False),
+    "channels_last, bf16 autocast": (torch.channels_last, True),
+}
 
 
 def make_jpegs(folder: Path, n: int, size=(375, 500), seed: int = 0) -> list[Path]:
@@ -153,28 +162,30 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
     return rows
 
 
-def train_layout_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tuple[int, float, float]]:
-    """(size, default-layout img/s, channels_last img/s) of a paper-variant training step, median of ``reps``."""
+def train_step_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tuple[int, list[float]]]:
+    """(size, img/s per setting in ``TRAIN_SETTINGS``) of a paper-variant training step, median of ``reps``."""
     rows = []
     for size in sizes:
         x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
         steps = []
-        for fmt in (torch.contiguous_format, torch.channels_last):
+        for fmt, bf16 in TRAIN_SETTINGS.values():
             torch.manual_seed(0)
             model = create_model("googlenet", num_classes=10).to(memory_format=fmt)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
             x_fmt = x.contiguous(memory_format=fmt)
 
-            def step(_, m=model, o=opt, xx=x_fmt, yy=y):
-                loss = sum(torch.nn.functional.cross_entropy(out, yy) for out in m(xx, with_aux=True))
+            def step(_, m=model, o=opt, xx=x_fmt, yy=y, bf16=bf16):
+                # As the training loop: forward under autocast, the loss of each head in float32.
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    outputs = m(xx, with_aux=True)
+                loss = sum(torch.nn.functional.cross_entropy(out.float(), yy) for out in outputs)
                 o.zero_grad()
                 loss.backward()
                 o.step()
 
             steps.append(step)
-        default, channels_last = (r * batch for r in rates(steps, [None], reps))
-        rows.append((size, default, channels_last))
+        rows.append((size, [r * batch for r in rates(steps, [None], reps)]))
     return rows
 
 
@@ -210,10 +221,16 @@ def main() -> None:
         for name, r, d in predict_speed(batch, size, args.reps, tmp):
             print(f"| {name} | {r:,.1f} | {d:.1e} |")
     sizes, batch, reps = ((32,), 4, 1) if args.quick else ((32, 64), 128, 2 * args.reps)
-    print(f"\n## Training step, paper variant, batch {batch}, {threads} threads (median of {reps}, interleaved)\n")
-    print("| size | default layout img/s | channels_last img/s | x default |\n|---|---|---|---|")
-    for size, default, channels_last in train_layout_speed(sizes, batch, reps):
-        print(f"| {size} px | {default:,.0f} | {channels_last:,.0f} | {channels_last / default:.2f} |")
+    print(
+        f"\n## Training step, paper variant, batch {batch}, {threads} threads (median of {reps}, interleaved; "
+        f"native bf16: {cpu_has_native_bf16()})\n"
+    )
+    speeds = dict(train_step_speed(sizes, batch, reps))  # size -> img/s per setting
+    print("| setting | " + " | ".join(f"{size} px img/s | x default" for size in sizes) + " |")
+    print("|---" * (1 + 2 * len(sizes)) + "|")
+    for i, name in enumerate(TRAIN_SETTINGS):
+        cells = [f"{speeds[size][i]:,.0f} | {speeds[size][i] / speeds[size][0]:.2f}" for size in sizes]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

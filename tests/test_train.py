@@ -54,6 +54,23 @@ def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
     assert metrics["val_top1"] == rows[-1]["val_top1"]
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_trains_on_the_cpu_and_warns_where_it_is_emulated(image_folder, tmp_path, monkeypatch, caplog, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert train.cpu_has_native_bf16() is native
+    with caplog.at_level("WARNING", logger="googlenet"):
+        metrics = train.run(small_config(image_folder, tmp_path / "run", epochs=1, bf16=True, model="googlenet"))
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
+    assert ("without AVX512-BF16 or AMX" in caplog.text) is not native
+
+
+def test_cpu_bf16_probe_survives_a_torch_without_it(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert train.cpu_has_native_bf16() is False
+
+
 def test_resume_reproduces_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     kw = dict(epochs=3, ema=True, model="googlenet")
     train.run(small_config(image_folder, tmp_path / "full", **kw))
