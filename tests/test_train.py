@@ -204,6 +204,15 @@ def test_shipped_recipes_resolve(name):
     C.resolve(train.TrainConfig, name)
 
 
+def test_cpu_fashion_mnist_recipe_changes_only_what_its_comment_lists():
+    gpu = C.to_dict(C.resolve(train.TrainConfig, "fashion-mnist"))
+    cpu = C.to_dict(C.resolve(train.TrainConfig, "fashion-mnist-cpu"))
+    changed = {key for key in gpu if gpu[key] != cpu[key]}
+    assert changed == {"device", "epochs", "batch_size", "lr", "warmup_epochs", "compile"}
+    # the same learning rate per image
+    assert cpu["lr"] / cpu["batch_size"] == gpu["lr"] / gpu["batch_size"]
+
+
 def test_paper_recipe_matches_the_paper():
     cfg = C.resolve(train.TrainConfig, "paper")
     assert (cfg.model, cfg.momentum, cfg.schedule, cfg.aux_weight, cfg.aux_logits, cfg.ema) == (
