@@ -45,7 +45,7 @@ from googlenet.data import (  # noqa: E402
 )
 from googlenet.export import export_onnx  # noqa: E402
 from googlenet.pack import open_pack, write_pack  # noqa: E402
-from googlenet.train import cpu_has_native_bf16  # noqa: E402
+from googlenet.train import cpu_has_native_bf16, googlenet_loss  # noqa: E402
 
 # Training-step settings compared: (memory format, bf16 autocast). bf16 pays off only where the CPU has
 # native bf16 instructions (AVX512-BF16 or AMX; see googlenet.train.cpu_has_native_bf16).
@@ -176,10 +176,10 @@ def train_step_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tupl
             x_fmt = x.contiguous(memory_format=fmt)
 
             def step(_, m=model, o=opt, xx=x_fmt, yy=y, bf16=bf16):
-                # As the training loop: forward under autocast, the loss of each head in float32.
+                # As the training loop: forward under autocast, then its loss (float32, aux heads x0.3).
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     outputs = m(xx, with_aux=True)
-                loss = sum(torch.nn.functional.cross_entropy(out.float(), yy) for out in outputs)
+                loss = googlenet_loss(outputs, yy, aux_weight=0.3, smoothing=0.0)
                 o.zero_grad()
                 loss.backward()
                 o.step()
