@@ -133,6 +133,31 @@ def test_ensemble_averages_softmax_and_checks_classes(image_folder, tmp_path):
         evaluate_ensemble([a, other], dataset, 1, workers=0)
 
 
+class RecordingModel(torch.nn.Module):
+    """Wraps a model and records the batch size of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batches = model, []
+
+    def forward(self, x):
+        self.batches.append(len(x))
+        return self.model(x)
+
+
+def test_batch_size_bounds_the_crops_per_forward_without_changing_results(image_folder, tmp_path):
+    classes = ["class_0", "class_1", "class_2"]
+    dataset = eval_dataset(str(image_folder), classes)
+    member = open_checkpoint(make_checkpoint(tmp_path / "a.pt", classes, seed=3))
+    whole = evaluate_ensemble([member], dataset, 10, batch_size=10 * len(dataset), workers=0)
+    member.model = RecordingModel(member.model)
+    chunked = evaluate_ensemble([member], dataset, 10, batch_size=7, workers=0)
+    # 7 // 10 crops -> one image per step, its 10 crops in passes of 7 and 3.
+    assert member.model.batches == [7, 3] * len(dataset)
+    assert chunked.top1 == whole.top1 and chunked.top5 == whole.top5
+    assert torch.equal(chunked.confusion, whole.confusion)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "googlenet", *args], capture_output=True, text=True, timeout=600)
 

@@ -77,7 +77,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' (test split) or a folder")
     p.add_argument("--crops", type=int, default=1, choices=CROP_COUNTS, help="crops per image (paper: 144)")
     p.add_argument("--json", metavar="OUT", help="write the results here (and OUT.confusion.png)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (x crops per forward)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="crops per forward pass (a step reads batch-size // crops images)"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_eval)

@@ -30,6 +30,7 @@ from googlenet.data import (
     load_fashion_mnist,
     scan_split,
 )
+from googlenet.files import replacing
 from googlenet.pack import open_split, pack_path
 
 CROP_COUNTS = (1, 10, 144)
@@ -156,6 +157,20 @@ def _crops_for(member: LoadedModel, images: list[Tensor], n_crops: int) -> Tenso
     return torch.cat([multi_crop(img, n_crops, size, ratio) for img in images])
 
 
+def _softmax_in_chunks(member: LoadedModel, crops: Tensor, chunk: int, device: str | torch.device) -> Tensor:
+    """Softmax of every uint8 crop, at most ``chunk`` crops per forward pass.
+
+    A batch of 32 images at 144 crops is 4,608 crops: one forward over all of them would need about 15 GB
+    for conv1's output alone at 224 px, so ``batch_size`` bounds the crops per pass, not only the images.
+    """
+    mean, std = member.preprocess["mean"], member.preprocess["std"]
+    out = []
+    for part in crops.split(max(1, chunk)):
+        x = normalize(part.to(device, memory_format=torch.channels_last).float() / 255, mean, std)
+        out.append(member.model(x).float().softmax(dim=1))
+    return torch.cat(out)
+
+
 def evaluate_ensemble(
     members: list[LoadedModel],
     dataset: EvalImages,
@@ -165,7 +180,11 @@ def evaluate_ensemble(
     device: str | torch.device = "cpu",
     log_bad=print,
 ) -> EvalResult:
-    """Top-1/top-5 of the softmax averaged over ``n_crops`` crops and over all ``members``."""
+    """Top-1/top-5 of the softmax averaged over ``n_crops`` crops and over all ``members``.
+
+    ``batch_size`` counts crops per forward pass; each step reads ``batch_size // n_crops`` images (at least
+    one), so memory stays bounded at 144 crops.
+    """
     if n_crops not in CROP_COUNTS:
         raise ValueError(f"--crops must be one of {', '.join(map(str, CROP_COUNTS))}, got {n_crops}")
     names = members[0].class_names
@@ -173,7 +192,8 @@ def evaluate_ensemble(
         if m.class_names != names:
             raise CheckpointError(f"ensemble members disagree on the classes: {m.path} vs {members[0].path}")
     num_classes = len(names)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size), num_workers=workers, collate_fn=list)
+    images_per_step = max(1, batch_size // n_crops)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=images_per_step, num_workers=workers, collate_fn=list)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     top1 = top5 = n = skipped = 0
     start = time.perf_counter()
@@ -189,10 +209,8 @@ def evaluate_ensemble(
             images, labels = [g[0] for g in good], torch.tensor([g[1] for g in good])
             probs = torch.zeros(len(good), num_classes)
             for member in members:
-                crops = _crops_for(member, images, n_crops).to(device, memory_format=torch.channels_last)
-                x = normalize(crops.float() / 255, member.preprocess["mean"], member.preprocess["std"])
-                logits = member.model(x).float().softmax(dim=1)
-                probs += logits.view(len(good), n_crops, num_classes).mean(dim=1).cpu()
+                crop_probs = _softmax_in_chunks(member, _crops_for(member, images, n_crops), batch_size, device)
+                probs += crop_probs.view(len(good), n_crops, num_classes).mean(dim=1).cpu()
             ranked = probs.topk(min(5, num_classes), dim=1).indices
             top1 += int((ranked[:, 0] == labels).sum())
             top5 += int((ranked == labels.unsqueeze(1)).any(dim=1).sum())
@@ -247,10 +265,11 @@ def run_eval(
     # Files first: a reader that closes stdout early (`googlenet eval ... | head -n 1`) must not cost them.
     if json_out:
         path = Path(json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
         if result.confusion is not None:
-            plot_confusion(result.confusion, members[0].class_names, path.with_suffix(".confusion.png"))
+            with replacing(path.with_suffix(".confusion.png")) as tmp:
+                plot_confusion(result.confusion, members[0].class_names, tmp)
     print(
         f"top1 {result.top1:.2f}%  top5 {result.top5:.2f}%  images {result.images}  crops {result.crops}  "
         f"models {result.models}  seconds {result.seconds:.1f}"
