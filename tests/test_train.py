@@ -36,6 +36,23 @@ def test_small_model_overfits_a_small_set():
     assert torch.nn.functional.cross_entropy(logits, y).item() < 0.05
 
 
+def test_ema_averages_weights_and_batchnorm_statistics_alike():
+    torch.manual_seed(0)
+    live = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    ema = train.EMA(live, decay=0.9)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        live[0].weight.add_(1.0)
+    live(torch.randn(8, 3, 6, 6) * 3 + 2)  # moves running_mean / running_var, counts one batch
+    ema.update(live)
+    d = min(0.9, 2 / 11)  # the warm-up decay after one update
+    now, src = ema.model.state_dict(), live.state_dict()
+    for key in ("0.weight", "1.running_mean", "1.running_var"):
+        assert not torch.equal(src[key], before[key])
+        torch.testing.assert_close(now[key], d * before[key] + (1 - d) * src[key])
+    assert int(now["1.num_batches_tracked"]) == 1
+
+
 def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
     out = tmp_path / "run"
     metrics = train.run(small_config(image_folder, out, model="googlenet_bn", ema=True))

@@ -170,7 +170,14 @@ def img_size_at(epoch: int, cfg: TrainConfig) -> int:
 
 
 class EMA:
-    """Exponential moving average of a model's weights; BatchNorm statistics are copied as they are."""
+    """Exponential moving average of a model's weights and of its BatchNorm statistics.
+
+    The statistics are averaged with the weights (as timm's ModelEmaV2 and ``AveragedModel(use_buffers=True)``
+    do), not copied from the live model: averaged weights with the live model's statistics are a mismatched
+    pair. Copying them (until session 6) cost googlenet_bn 0.28 points at the end of the `fashion-mnist-cpu`
+    run (93.56% against 93.84% for the live model and 93.75% with statistics re-estimated for the averaged
+    weights) and made its validation curve jump by up to 1.5 points between epochs.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
@@ -183,10 +190,18 @@ class EMA:
         # Short warm-up so the average is not dominated by the random initial weights.
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         src = unwrap(model)
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in src.parameters()], 1 - d)
-        buffers = list(self.model.buffers())
-        if buffers:  # one fused copy, not one kernel per BatchNorm buffer
-            torch._foreach_copy_(buffers, list(src.buffers()))
+        averaged, live = list(self.model.parameters()), [p.detach() for p in src.parameters()]
+        counters, live_counters = [], []
+        for mine, theirs in zip(self.model.buffers(), src.buffers(), strict=True):
+            if mine.is_floating_point():  # running_mean / running_var
+                averaged.append(mine)
+                live.append(theirs)
+            else:  # num_batches_tracked
+                counters.append(mine)
+                live_counters.append(theirs)
+        torch._foreach_lerp_(averaged, live, 1 - d)  # one fused update, not one kernel per tensor
+        if counters:
+            torch._foreach_copy_(counters, live_counters)
 
 
 # ------------------------------------------------------------------------------------------------- loop
