@@ -183,6 +183,14 @@ class EMA:
         self.model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        # Split once (tensors are updated in place, so the lists stay valid): floating-point buffers
+        # (running_mean / running_var) are averaged with the weights, integer ones (num_batches_tracked) copied.
+        self._is_float = [b.is_floating_point() for b in self.model.buffers()]
+        self._averaged = list(self.model.parameters()) + self._buffers(self.model, floats=True)
+        self._copied = self._buffers(self.model, floats=False)
+
+    def _buffers(self, model: nn.Module, floats: bool) -> list[Tensor]:
+        return [b for b, is_float in zip(model.buffers(), self._is_float, strict=True) if is_float == floats]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -190,18 +198,10 @@ class EMA:
         # Short warm-up so the average is not dominated by the random initial weights.
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         src = unwrap(model)
-        averaged, live = list(self.model.parameters()), [p.detach() for p in src.parameters()]
-        counters, live_counters = [], []
-        for mine, theirs in zip(self.model.buffers(), src.buffers(), strict=True):
-            if mine.is_floating_point():  # running_mean / running_var
-                averaged.append(mine)
-                live.append(theirs)
-            else:  # num_batches_tracked
-                counters.append(mine)
-                live_counters.append(theirs)
-        torch._foreach_lerp_(averaged, live, 1 - d)  # one fused update, not one kernel per tensor
-        if counters:
-            torch._foreach_copy_(counters, live_counters)
+        live = [p.detach() for p in src.parameters()] + self._buffers(src, floats=True)
+        torch._foreach_lerp_(self._averaged, live, 1 - d)  # one fused update, not one kernel per tensor
+        if self._copied:
+            torch._foreach_copy_(self._copied, self._buffers(src, floats=False))
 
 
 # ------------------------------------------------------------------------------------------------- loop
