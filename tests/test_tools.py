@@ -222,6 +222,21 @@ def test_unknown_crop_count_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "invalid choice: 7" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--checkpoint", "x.pt", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+        (["eval", "--checkpoint", "x.pt", "--workers", "-1"], "--workers: must be at least 0, got -1"),
+        (["predict", "--checkpoint", "x.pt", "a.png", "--top-k", "0"], "--top-k: must be at least 1, got 0"),
+        (["export", "--checkpoint", "x.pt", "--onnx", "x.onnx", "--img-size", "ten"], "'ten' is not a whole number"),
+    ],
+)
+def test_counts_below_their_minimum_are_usage_errors(args, message):
+    # Before: --batch-size 0 was quietly read as 1 image per step; a usage error names the flag instead.
+    result = run_cli(*args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_predict_cli_reports_bad_files_and_predicts_the_rest(image_folder, tmp_path):
     ckpt = make_checkpoint(tmp_path / "a.pt", ["class_0", "class_1", "class_2"])
     bad = tmp_path / "broken.jpg"

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -214,6 +215,24 @@ def test_unknown_or_mistyped_config_keys_are_errors(tmp_path):
         C.resolve(train.TrainConfig, str(recipe))
     with pytest.raises(C.ConfigError, match="below googlenet's minimum 31"):
         C.resolve(train.TrainConfig, None, {"img_size": 28})
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"warmup_epochs": -1.0}, "warmup_epochs must be >= 0"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1)"),
+        ({"grad_clip": 0.0}, "grad_clip must be > 0"),
+        ({"dropout": 1.0}, "dropout probabilities must be in [0, 1)"),
+        ({"step_gamma": 0.0}, "step_gamma in (0, 1]"),
+        ({"train_subset": 0}, "subsets must be >= 1 image"),
+    ],
+)
+def test_out_of_range_settings_are_errors_before_any_work(flags, message):
+    # --workers -1 used to start training regardless (Fashion-MNIST ignores workers); ranges are checked first.
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        C.resolve(train.TrainConfig, None, flags)
 
 
 @pytest.mark.parametrize("name", C.list_recipes())

@@ -16,12 +16,31 @@ from googlenet import config as C
 log = logging.getLogger("googlenet")
 
 
+def _int_at_least(minimum: int):
+    """An argparse type for whole numbers >= minimum: --batch-size 0 is a mistake to name, not a value to bend."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)  # batch sizes, top-k, image sizes
+_non_negative_int = _int_at_least(0)  # worker processes (0: load in the main process)
+
+
 def _add_summary(sub) -> None:
     from googlenet.model import list_models
 
     p = sub.add_parser("summary", help="per-layer shapes, parameters and MACs beside the paper's Table 1")
     p.add_argument("--model", default="googlenet", choices=list_models())
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=_positive_int, default=224)
     p.add_argument("--no-aux", action="store_true", help="leave out the auxiliary heads")
     p.set_defaults(func=_cmd_summary)
 
@@ -78,9 +97,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--crops", type=int, default=1, choices=CROP_COUNTS, help="crops per image (paper: 144)")
     p.add_argument("--json", metavar="OUT", help="write the results here (and OUT.confusion.png)")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="crops per forward pass (a step reads batch-size // crops images)"
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="crops per forward pass (a step reads batch-size // crops images)",
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_non_negative_int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_eval)
 
@@ -104,9 +126,9 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes for images or folders of images")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_predict)
 
@@ -135,7 +157,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="ONNX with a dynamic batch axis, checked against onnxruntime")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx")
-    p.add_argument("--img-size", type=int, help="input height/width (default: the checkpoint's)")
+    p.add_argument("--img-size", type=_positive_int, help="input height/width (default: the checkpoint's)")
     p.add_argument(
         "--bake-preprocessing",
         action="store_true",
@@ -196,7 +218,12 @@ def _add_prepare(sub) -> None:
         "--short-side", type=int, default=256, help="shrink images whose shorter side is larger (0: keep sizes)"
     )
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)")
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=os.cpu_count() or 1,
+        help="decoding processes (default: one per CPU)",
+    )
     p.set_defaults(func=_cmd_prepare)
 
 

@@ -116,6 +116,16 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (0 <= self.erase <= 1, "erase must be in [0, 1]"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.step_epochs > 0 and 0 < self.step_gamma <= 1, "step_epochs must be > 0, step_gamma in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0"),
+            (self.aux_weight >= 0, "aux_weight must be >= 0"),
+            (all(0 <= p < 1 for p in (self.dropout or 0, self.aux_dropout)), "dropout probabilities must be in [0, 1)"),
+            (self.photometric >= 0, "photometric must be >= 0"),
+            (all(n is None or n >= 1 for n in (self.train_subset, self.val_subset)), "subsets must be >= 1 image"),
         ]
         for size_name in ("img_size", "img_size_start", "eval_img_size"):
             size = getattr(self, size_name)
