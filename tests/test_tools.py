@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from googlenet import create_model, open_checkpoint
+from googlenet import cli, create_model, open_checkpoint
 from googlenet.checkpoint import CheckpointError, save_checkpoint
 from googlenet.evaluate import eval_dataset, evaluate_ensemble, multi_crop
 from googlenet.weights import caffe_layer_map, import_caffe, import_torchvision
@@ -220,6 +220,16 @@ def test_eval_cli_errors_are_one_line(image_folder, tmp_path, args, message):
 def test_unknown_crop_count_is_a_usage_error(tmp_path):
     result = run_cli("eval", "--checkpoint", "x.pt", "--crops", "7")
     assert result.returncode == 2 and "invalid choice: 7" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["summary"], ["train"], ["prepare"], ["eval"], ["predict"], ["export"], ["import"]]
+)
+def test_every_help_page_prints(command, capsys):
+    # `train --help` once crashed: argparse %-formats help text and a field's help said "75% of epochs".
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command, "--help"])
+    assert done.value.code == 0 and "usage: googlenet" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

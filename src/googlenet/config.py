@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         base, _ = _base_type(_field_types(cls)[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal "75%" must reach it as "75%%" or --help crashes.
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
