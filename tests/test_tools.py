@@ -223,6 +223,19 @@ def test_unknown_crop_count_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "device, flags, expected", [("cpu", [], 32), ("cuda", [], 256), ("cuda", ["--batch-size", "8"], 8)]
+)
+def test_eval_batch_size_defaults_to_the_device(monkeypatch, device, flags, expected):
+    import googlenet.evaluate
+
+    seen = {}
+    monkeypatch.setattr(cli, "_device", lambda name: device)
+    monkeypatch.setattr(googlenet.evaluate, "run_eval", lambda *a: seen.setdefault("batch_size", a[4]))
+    assert cli.main(["eval", "--checkpoint", "x.pt", *flags]) == 0
+    assert seen["batch_size"] == expected
+
+
+@pytest.mark.parametrize(
     "command", [[], ["summary"], ["train"], ["prepare"], ["eval"], ["predict"], ["export"], ["import"]]
 )
 def test_every_help_page_prints(command, capsys):
