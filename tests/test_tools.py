@@ -252,6 +252,8 @@ def test_every_help_page_prints(command, capsys):
         (["eval", "--checkpoint", "x.pt", "--workers", "-1"], "--workers: must be at least 0, got -1"),
         (["predict", "--checkpoint", "x.pt", "a.png", "--top-k", "0"], "--top-k: must be at least 1, got 0"),
         (["export", "--checkpoint", "x.pt", "--onnx", "x.onnx", "--img-size", "ten"], "'ten' is not a whole number"),
+        (["prepare", "src", "--out", "o", "--short-side", "-5"], "--short-side: must be at least 0, got -5"),
+        (["prepare", "src", "--out", "o", "--quality", "101"], "--quality: must be at most 100, got 101"),
     ],
 )
 def test_counts_below_their_minimum_are_usage_errors(args, message):

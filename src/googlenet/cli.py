@@ -16,8 +16,9 @@ from googlenet import config as C
 log = logging.getLogger("googlenet")
 
 
-def _int_at_least(minimum: int):
-    """An argparse type for whole numbers >= minimum: --batch-size 0 is a mistake to name, not a value to bend."""
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type for whole numbers in [minimum, maximum]: --batch-size 0 is a mistake to name, not a
+    value to bend."""
 
     def parse(text: str) -> int:
         try:
@@ -26,6 +27,8 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -218,9 +221,11 @@ def _add_prepare(sub) -> None:
     p.add_argument("source", metavar="DIR", help="folder with train/<class>/* and/or val/ (as for train --data)")
     p.add_argument("--out", required=True, metavar="DIR", help="where train.gpk / val.gpk go: then --data DIR")
     p.add_argument(
-        "--short-side", type=int, default=256, help="shrink images whose shorter side is larger (0: keep sizes)"
+        "--short-side", type=_non_negative_int, default=256, help="shrink images whose shorter side is larger (0: keep sizes)"
     )
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images")
+    p.add_argument(
+        "--quality", type=_int_at_least(1, 100), default=90, help="JPEG quality of the re-encoded images (1-100)"
+    )
     p.add_argument(
         "--workers",
         type=_non_negative_int,
