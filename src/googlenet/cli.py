@@ -221,7 +221,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("source", metavar="DIR", help="folder with train/<class>/* and/or val/ (as for train --data)")
     p.add_argument("--out", required=True, metavar="DIR", help="where train.gpk / val.gpk go: then --data DIR")
     p.add_argument(
-        "--short-side", type=_non_negative_int, default=256, help="shrink images whose shorter side is larger (0: keep sizes)"
+        "--short-side",
+        type=_non_negative_int,
+        default=256,
+        help="shrink images whose shorter side is larger (0: keep sizes)",
     )
     p.add_argument(
         "--quality", type=_int_at_least(1, 100), default=90, help="JPEG quality of the re-encoded images (1-100)"
