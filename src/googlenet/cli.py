@@ -16,9 +16,9 @@ from googlenet import config as C
 log = logging.getLogger("googlenet")
 
 
-def _int_at_least(minimum: int, maximum: int | None = None):
-    """An argparse type for whole numbers in [minimum, maximum]: --batch-size 0 is a mistake to name, not a
-    value to bend."""
+def _int_in_range(minimum: int, maximum: int | None = None):
+    """An argparse type for whole numbers in [minimum, maximum] (no maximum: unbounded): --batch-size 0 is a
+    mistake to name, not a value to bend."""
 
     def parse(text: str) -> int:
         try:
@@ -34,8 +34,8 @@ def _int_at_least(minimum: int, maximum: int | None = None):
     return parse
 
 
-_positive_int = _int_at_least(1)  # batch sizes, top-k, image sizes
-_non_negative_int = _int_at_least(0)  # worker processes (0: load in the main process)
+_positive_int = _int_in_range(1)  # batch sizes, top-k, image sizes
+_non_negative_int = _int_in_range(0)  # worker processes (0: load in the main process)
 
 
 def _add_summary(sub) -> None:
@@ -227,7 +227,7 @@ def _add_prepare(sub) -> None:
         help="shrink images whose shorter side is larger (0: keep sizes)",
     )
     p.add_argument(
-        "--quality", type=_int_at_least(1, 100), default=90, help="JPEG quality of the re-encoded images (1-100)"
+        "--quality", type=_int_in_range(1, 100), default=90, help="JPEG quality of the re-encoded images (1-100)"
     )
     p.add_argument(
         "--workers",
