@@ -7,14 +7,17 @@
 #   model_speed      bench/model_speed.py
 #   step_overhead    bench/step_overhead.py: host syncs per training step and their cost (eager, ~1 min)
 # Default: e2e fm_googlenet fm_googlenet_bn. Writes under ${OUT:-bench/out}; checkpoints are deleted after
-# their evaluation (too large to bring back). TRAIN_LIMIT_S / E2E_LIMIT_S bound each phase; a training run
-# stopped by its limit saves a checkpoint on SIGTERM and is still evaluated.
+# their evaluation (too large to bring back) unless FM_KEEP=1 (below). TRAIN_LIMIT_S / E2E_LIMIT_S bound each
+# phase; a training run stopped by its limit saves a checkpoint on SIGTERM and is still evaluated.
 #   bash bench/gpu_session.sh --quick [PHASE...]   # a minute on a CPU: checks the script
 # On the lent machine (at most 8 files come back, so bring one archive; the data travels in .data/), in two
 # calls while the machine stays warm, the training first since it answers the open accuracy goal:
 #   R=$OUT; OUT=/tmp/gs GOOGLENET_DATA=$PWD/.data/fashion-mnist timeout 480 bash bench/gpu_session.sh fm_googlenet step_overhead;
 #   tar czf $R/gs.tgz --exclude='*.pt' -C /tmp/gs .
 #   (then the same with `e2e model_speed` and timeout 260)
+# A schedule longer than one call (10 min; the H200 ran 4.2 s per epoch after a 95 s compile,
+# bench/results/2026-11-27-h200-run4): the same command twice on the warm machine, each call continuing the last:
+#   OUT=/tmp/gs FM_KEEP=1 FM_ARGS="--epochs 130" FM_TAG=e130 TRAIN_LIMIT_S=520 GOOGLENET_DATA=... bash bench/gpu_session.sh fm_googlenet
 set -u
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -34,15 +37,21 @@ else
   train_limit=${TRAIN_LIMIT_S:-400}; e2e_limit=${E2E_LIMIT_S:-200}
 fi
 
-# FM_ARGS: extra flags for both trainings (e.g. "--img-size 96"); FM_TAG names their run folders fm_MODEL_TAG.
+# FM_ARGS: extra flags for both trainings, last so they win (e.g. "--img-size 96"); FM_TAG names their run
+# folders fm_MODEL_TAG;
+# FM_KEEP=1 keeps the checkpoints so that the next call with the same OUT and FM_TAG continues the run.
 # The final weights are evaluated, not checkpoint_best: Fashion-MNIST's validation split is its test split,
 # so picking the best epoch on it would be selection on the test set.
 read -r -a fm_args <<< "${FM_ARGS:-}"
 fashion_mnist() {  # model, crop counts to evaluate
   local model=$1 run="$OUT/fm_$1${FM_TAG:+_$FM_TAG}"; shift
-  echo "== $model on Fashion-MNIST ${FM_ARGS:-} ($(date -u +%T))"
-  timeout "$train_limit" $PY -m googlenet train --config fashion-mnist --model "$model" --out "$run" \
-    --log-every 100000 "${train_extra[@]}" "${fm_args[@]}" > "$run.log" 2>&1
+  # A run folder left by an earlier call (FM_KEEP=1) is continued, so a schedule longer than one call's
+  # limit runs in two calls on one warm machine (a checkpoint is too large to bring back between machines).
+  local start=(--config fashion-mnist --model "$model" --out "$run")
+  [ -f "$run/checkpoint_last.pt" ] && start=(--resume "$run")
+  echo "== $model on Fashion-MNIST ${start[*]} ${FM_ARGS:-} ($(date -u +%T))"
+  timeout "$train_limit" $PY -m googlenet train "${start[@]}" --log-every 100000 "${train_extra[@]}" \
+    "${fm_args[@]}" >> "$run.log" 2>&1
   tail -n 3 "$run.log"
   if [ -f "$run/checkpoint_last.pt" ]; then
     for crops in "$@"; do
@@ -53,7 +62,7 @@ fashion_mnist() {  # model, crop counts to evaluate
       head -n 1 "$run/eval_${crops}crop.txt"
     done
   fi
-  rm -f "$run"/checkpoint_*.pt
+  [ "${FM_KEEP:-0}" = 1 ] || rm -f "$run"/checkpoint_*.pt
 }
 
 for phase in "${phases[@]}"; do

@@ -1,5 +1,6 @@
 """The benchmark scripts run in --quick mode, so they never rot (speed itself is not asserted)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,25 @@ def test_gpu_session_script_quick_mode(tmp_path):
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
     assert "| pinned, non-blocking, eager |" in (tmp_path / "step_overhead.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_session_script_continues_a_kept_run(tmp_path):
+    """FM_KEEP=1 keeps the checkpoint, and the next call continues that run instead of starting over."""
+
+    def call(**extra):
+        env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "FM_KEEP": "1", **extra}
+        args = ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "fm_googlenet"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    run = tmp_path / "fm_googlenet"
+    call()
+    assert (run / "checkpoint_last.pt").is_file()
+    call(FM_ARGS="--epochs 2")  # the second call's flags still win over the resumed run's config
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert "resuming from" in (tmp_path / "fm_googlenet.log").read_text()
 
 
 def test_gpu_session_script_rejects_an_unknown_phase(tmp_path):

@@ -158,6 +158,24 @@ def test_batch_size_bounds_the_crops_per_forward_without_changing_results(image_
     assert torch.equal(chunked.confusion, whole.confusion)
 
 
+def test_eval_img_size_replaces_every_members_crop_size(image_folder, tmp_path, monkeypatch):
+    import googlenet.evaluate
+
+    classes = ["class_0", "class_1", "class_2"]
+    members = [make_checkpoint(tmp_path / f"{n}.pt", classes, img_size=n) for n in (32, 48)]
+    seen, forward = [], googlenet.evaluate._softmax_in_chunks
+    monkeypatch.setattr(
+        googlenet.evaluate, "_softmax_in_chunks", lambda m, c, *a: seen.append(c.shape[-1]) or forward(m, c, *a)
+    )
+    out = tmp_path / "eval.json"
+    args = ["eval", "--checkpoint", str(members[0]), "--checkpoint", str(members[1]), "--data", str(image_folder)]
+    assert cli.main([*args, "--img-size", "40", "--workers", "0", "--json", str(out)]) == 0
+    assert set(seen) == {40} and json.loads(out.read_text())["img_sizes"] == [40, 40]
+    seen.clear()
+    assert cli.main([*args, "--workers", "0", "--json", str(out)]) == 0  # without the flag: each its own
+    assert set(seen) == {32, 48} and json.loads(out.read_text())["img_sizes"] == [32, 48]
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "googlenet", *args], capture_output=True, text=True, timeout=600)
 
@@ -230,7 +248,7 @@ def test_eval_batch_size_defaults_to_the_device(monkeypatch, device, flags, expe
 
     seen = {}
     monkeypatch.setattr(cli, "_device", lambda name: device)
-    monkeypatch.setattr(googlenet.evaluate, "run_eval", lambda *a: seen.setdefault("batch_size", a[4]))
+    monkeypatch.setattr(googlenet.evaluate, "run_eval", lambda *a, **k: seen.setdefault("batch_size", a[4]))
     assert cli.main(["eval", "--checkpoint", "x.pt", *flags]) == 0
     assert seen["batch_size"] == expected
 

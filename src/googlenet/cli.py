@@ -104,6 +104,11 @@ def _add_eval(sub) -> None:
         type=_positive_int,
         help="crops per forward pass; a step reads batch-size // crops images (default: 256 on a GPU, 32 on the CPU)",
     )
+    p.add_argument(
+        "--img-size",
+        type=_positive_int,
+        help="crop size in px for every checkpoint (default: the size each was trained for)",
+    )
     p.add_argument("--workers", type=_non_negative_int, default=2)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_eval)
@@ -124,7 +129,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # A GPU runs small batches at a fraction of its speed (144 crops x 50,000 images is 7.2M crops); on the
     # CPU 32 is what every evaluation in bench/results ran with.
     batch_size = args.batch_size or (256 if device == "cuda" else 32)
-    run_eval(args.checkpoint, args.data, args.crops, args.json, batch_size, args.workers, device)
+    run_eval(args.checkpoint, args.data, args.crops, args.json, batch_size, args.workers, device, args.img_size)
     return 0
 
 

@@ -256,17 +256,34 @@ def plot_confusion(confusion: Tensor, names: list[str], path: Path) -> None:
 
 
 def run_eval(
-    checkpoints: list[str], data: str, crops: int, json_out: str | None, batch_size: int, workers: int, device: str
+    checkpoints: list[str],
+    data: str,
+    crops: int,
+    json_out: str | None,
+    batch_size: int,
+    workers: int,
+    device: str,
+    img_size: int | None = None,
 ) -> EvalResult:
-    """`googlenet eval`: load the members, evaluate, print, and write the JSON and confusion PNG."""
+    """`googlenet eval`: load the members, evaluate, print, and write the JSON and confusion PNG.
+
+    ``img_size`` replaces every member's crop size (default: the size each was trained for). Random-resized-crop
+    training shows objects larger than a test crop of the same size does, so a somewhat larger test size can
+    score higher (Touvron et al. 2019, "Fixing the train-test resolution discrepancy").
+    """
     members = [open_checkpoint(c, device, fold_batchnorm=True) for c in checkpoints]
+    if img_size:
+        for member in members:
+            member.preprocess = {**member.preprocess, "img_size": img_size}
     dataset = eval_dataset(data, members[0].class_names)
     result = evaluate_ensemble(members, dataset, crops, batch_size, workers, device)
     # Files first: a reader that closes stdout early (`googlenet eval ... | head -n 1`) must not cost them.
     if json_out:
         path = Path(json_out)
         with replacing(path) as tmp:
-            tmp.write_text(json.dumps({**result.to_dict(), "checkpoints": checkpoints, "data": data}, indent=2) + "\n")
+            sizes = [int(m.preprocess.get("img_size", 224)) for m in members]
+            record = {**result.to_dict(), "img_sizes": sizes, "checkpoints": checkpoints, "data": data}
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
         if result.confusion is not None:
             with replacing(path.with_suffix(".confusion.png")) as tmp:
                 plot_confusion(result.confusion, members[0].class_names, tmp)
