@@ -5,7 +5,8 @@
 #   fm_googlenet     Fashion-MNIST training, committed recipe, paper variant, then `googlenet eval` 1 and 10 crops
 #   fm_googlenet_bn  the same for the BatchNorm variant (1 crop)
 #   model_speed      bench/model_speed.py
-#   step_overhead    bench/step_overhead.py: host syncs per training step and their cost (eager, ~1 min)
+#   step_overhead    bench/step_overhead.py --profile: host syncs per training step, their cost, and where a
+#                    step's time goes (eager, ~1 min)
 # Default: e2e fm_googlenet fm_googlenet_bn. Writes under ${OUT:-bench/out}; checkpoints are deleted after
 # their evaluation (too large to bring back) unless FM_KEEP=1 (below). TRAIN_LIMIT_S / E2E_LIMIT_S bound each
 # phase; a training run stopped by its limit saves a checkpoint on SIGTERM and is still evaluated.
@@ -71,7 +72,7 @@ for phase in "${phases[@]}"; do
     fm_googlenet) if [ $quick = 1 ]; then fashion_mnist googlenet 1; else fashion_mnist googlenet 1 10; fi ;;
     fm_googlenet_bn) fashion_mnist googlenet_bn 1 ;;
     model_speed) $PY bench/model_speed.py "${bench_extra[@]}" | tee "$OUT/model_speed.md" ;;
-    step_overhead) $PY bench/step_overhead.py "${bench_extra[@]}" | tee "$OUT/step_overhead.md" ;;
+    step_overhead) $PY bench/step_overhead.py --profile "${bench_extra[@]}" | tee "$OUT/step_overhead.md" ;;
     *) echo "unknown phase: $phase (e2e, fm_googlenet, fm_googlenet_bn, model_speed, step_overhead)" >&2; exit 2 ;;
   esac
 done

@@ -10,6 +10,7 @@ For each it counts the operations that made the host wait (`torch.cuda.set_sync_
 step and prints where they happen. The batches are identical; only how they reach the GPU differs.
 
     python bench/step_overhead.py             # GPU: the recipe's 64 px, batch 512, eager (and --compile)
+    python bench/step_overhead.py --profile   # also where a step's time goes (torch.profiler, eager)
     python bench/step_overhead.py --quick     # seconds on a CPU: checks the script (no syncs to count)
 """
 
@@ -61,8 +62,10 @@ def pageable_copies(source):
         augment.host_to_device, batches.host_to_device, batches.normalize = saved
 
 
-def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, count_syncs: bool):
-    """Seconds for ``steps`` training steps (after the loop's own first batch) and the syncs seen, by place."""
+def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, count_syncs: bool, around=None):
+    """Seconds for ``steps`` training steps (after the loop's own first batch) and the syncs seen, by place.
+
+    ``around``: a context manager entered around the timed steps only (the profiler), not the warm-up."""
     train_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.SGD(
         param_groups(model, cfg.weight_decay, False), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
@@ -87,11 +90,12 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
         if count_syncs:
             torch.cuda.set_sync_debug_mode("warn")
         try:
-            t0 = time.perf_counter()
-            batches = itertools.islice(source.batches(epoch + 1, cfg.img_size), steps)
-            train_one_epoch(train_model, batches, ctx, 0, lambda *_: False)
-            sync(device)
-            seconds = time.perf_counter() - t0
+            with around or nullcontext():
+                t0 = time.perf_counter()
+                batches = itertools.islice(source.batches(epoch + 1, cfg.img_size), steps)
+                train_one_epoch(train_model, batches, ctx, 0, lambda *_: False)
+                sync(device)
+                seconds = time.perf_counter() - t0
         finally:
             if count_syncs:
                 torch.cuda.set_sync_debug_mode(0)
@@ -101,11 +105,38 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
     return seconds, places
 
 
+def print_profile(model, source, cfg: TrainConfig, device, steps: int) -> None:
+    """Where a step's time goes, as the code is (pinned copies, eager): torch.profiler's heaviest operators,
+    and on a GPU the share of the wall time its kernels kept it busy. Well under 100% means the host (Python,
+    dispatch, launches) is the limit, which CUDA graphs or compiling address; near 100% means the kernels are."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else []))
+    seconds, _ = run_steps(model, source, cfg, device, steps, 0, False, around=prof)
+    events = prof.key_averages()
+    sort_by = "self_cpu_time_total"
+    print(
+        f"\n## Profile: pinned copies, eager, {steps} steps, {steps * cfg.batch_size / seconds:,.0f} img/s (profiled)"
+    )
+    if on_gpu:
+        sort_by = "self_device_time_total"
+        # The kernels' own rows only: an operator's row also counts the kernels it launched.
+        kernel_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+        print(
+            f"GPU busy {kernel_us / 1e6 / seconds:.0%} of the wall time: {kernel_us / 1e3 / steps:.1f} ms of "
+            f"kernels in {seconds * 1e3 / steps:.1f} ms per step"
+        )
+    print("\n```\n" + events.table(sort_by=sort_by, row_limit=15, max_name_column_width=60) + "\n```")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time)")
+    p.add_argument("--profile", action="store_true", help="also profile the steps as the code is (eager)")
     p.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (a smoke test)")
     args = p.parse_args()
     device, name = pick_device(args.quick)
@@ -148,6 +179,12 @@ def main() -> None:
         if places:
             where = ", ".join(f"{k} x{v}" for k, v in places.most_common(8))
             print(f"\nSyncs, {label}: {where}")
+    if args.profile:
+        torch.manual_seed(0)
+        model = create_model(cfg.model, num_classes=10).to(
+            device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
+        )
+        print_profile(model, train_src, cfg, device, args.steps)
 
 
 if __name__ == "__main__":
