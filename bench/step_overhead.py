@@ -9,7 +9,8 @@ recipe's crops, flips, erasing, EMA and gradient clipping) is timed twice on the
 For each it counts the operations that made the host wait (`torch.cuda.set_sync_debug_mode("warn")`) per
 step and prints where they happen. The batches are identical; only how they reach the GPU differs.
 
-    python bench/step_overhead.py             # GPU: the recipe's 64 px, batch 512, eager (and --compile)
+    python bench/step_overhead.py             # GPU: the recipe's 64 px, batch 512, eager (and --compile,
+                                              # --compile-mode reduce-overhead for CUDA graphs)
     python bench/step_overhead.py --profile   # also where a step's time goes (torch.profiler, eager)
     python bench/step_overhead.py --quick     # seconds on a CPU: checks the script (no syncs to count)
 """
@@ -66,7 +67,7 @@ def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, c
     """Seconds for ``steps`` training steps (after the loop's own first batch) and the syncs seen, by place.
 
     ``around``: a context manager entered around the timed steps only (the profiler), not the warm-up."""
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     optimizer = torch.optim.SGD(
         param_groups(model, cfg.weight_decay, False), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
@@ -136,11 +137,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also compiled (minutes of compile time)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--profile", action="store_true", help="also profile the steps as the code is (eager)")
     p.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (a smoke test)")
     args = p.parse_args()
     device, name = pick_device(args.quick)
-    overrides = {"device": device.type, "compile": False}
+    overrides = {"device": device.type, "compile": False, "compile_mode": args.compile_mode}
     if args.quick:
         overrides.update(img_size=32, batch_size=16, train_subset=256, val_subset=16, bf16=False, channels_last=False)
         args.steps, args.reps = 3, 2
@@ -168,7 +175,8 @@ def main() -> None:
                 places = run_steps(model, train_src, cfg_c, device, args.steps, 2 * args.reps, count_syncs)[1]
             rate = args.steps * cfg.batch_size / statistics.median(times)
             syncs = places.total() / args.steps if count_syncs else float("nan")
-            rows.append((label + (", compiled" if compiled else ", eager"), syncs, rate, places))
+            kind = f", compiled ({cfg.compile_mode})" if compiled else ", eager"
+            rows.append((label + kind, syncs, rate, places))
             print(f"# {rows[-1][0]}: {syncs:.1f} host syncs per step, {rate:,.0f} img/s", flush=True)
     print("\n| per-batch copies | host syncs per step | training img/s | x pageable |\n|---|---|---|---|")
     for i, (label, syncs, rate, _) in enumerate(rows):

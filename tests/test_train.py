@@ -307,6 +307,18 @@ def test_imagenet_recipes_run_end_to_end_on_a_small_folder(image_folder, tmp_pat
     assert metrics["img_size"] == (40 if recipe == "fast" else 32)
 
 
+def test_compile_mode_reaches_torch_compile(image_folder, tmp_path, monkeypatch):
+    # Compiling itself takes minutes on this CPU; what is tested is that the recipe's mode gets there.
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    flags = dict(data=str(image_folder), out=str(tmp_path / "r"), epochs=1, batch_size=8, img_size=32, workers=0)
+    cfg = C.resolve(train.TrainConfig, None, {**flags, "compile": True, "compile_mode": "reduce-overhead"})
+    train.run(cfg)
+    assert seen == [{"mode": "reduce-overhead"}]
+    with pytest.raises(C.ConfigError, match="compile_mode must be one of default, reduce-overhead"):
+        C.resolve(train.TrainConfig, None, {"compile_mode": "fast"})
+
+
 def test_topk_correct_counts_hits_and_caps_k_at_the_class_count():
     logits = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4], [0.1, 0.5, 0.4]])
     labels = torch.tensor([1, 2, 0])  # ranks 1, 2 and 3

@@ -96,6 +96,11 @@ class TrainConfig:
     bf16: bool = _f(False, "bfloat16 autocast")
     channels_last: bool = _f(False, "channels-last memory format (faster convolutions on GPUs)")
     compile: bool = _f(False, "torch.compile the training model")
+    compile_mode: str = _f(
+        "default",
+        "torch.compile mode; reduce-overhead replays the model's forward and backward as CUDA graphs",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
     seed: int = _f(0, "random seed (data order, crops, initial weights)")
     device: str = _f("auto", "auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
     workers: int = _f(4, "loader processes for folder data")
@@ -521,7 +526,7 @@ def _run(cfg: TrainConfig, dist: D.DistInfo) -> dict[str, Any]:
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=cfg.compile_mode)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
