@@ -220,6 +220,7 @@ def test_eval_cli_writes_its_files_even_when_stdout_is_closed(image_folder, tmp_
         (["--checkpoint", "missing.pt"], "checkpoint not found"),
         (["--checkpoint", "{corrupt}"], "not a readable checkpoint"),
         (["--checkpoint", "{ckpt}", "--data", "{other_classes}"], "class folders not in the training classes"),
+        (["--checkpoint", "{ckpt}", "--img-size", "8"], "--img-size 8 is below googlenet_bn's minimum 15"),
     ],
 )
 def test_eval_cli_errors_are_one_line(image_folder, tmp_path, args, message):

@@ -31,6 +31,7 @@ from googlenet.data import (
     scan_split,
 )
 from googlenet.files import replacing
+from googlenet.model import MIN_INPUT_SIZE
 from googlenet.pack import open_split, pack_path
 
 CROP_COUNTS = (1, 10, 144)
@@ -274,6 +275,9 @@ def run_eval(
     members = [open_checkpoint(c, device, fold_batchnorm=True) for c in checkpoints]
     if img_size:
         for member in members:
+            variant = member.model.config.variant
+            if img_size < MIN_INPUT_SIZE[variant]:  # before any image is read
+                raise ValueError(f"--img-size {img_size} is below {variant}'s minimum {MIN_INPUT_SIZE[variant]}")
             member.preprocess = {**member.preprocess, "img_size": img_size}
     dataset = eval_dataset(data, members[0].class_names)
     result = evaluate_ensemble(members, dataset, crops, batch_size, workers, device)
