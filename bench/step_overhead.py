@@ -38,7 +38,15 @@ from googlenet import augment, batches  # noqa: E402
 from googlenet import distributed as D  # noqa: E402
 from googlenet.config import resolve  # noqa: E402
 from googlenet.model import create_model  # noqa: E402
-from googlenet.train import EMA, StepContext, TrainConfig, build_sources, param_groups, train_one_epoch  # noqa: E402
+from googlenet.train import (  # noqa: E402
+    COMPILE_MODES,
+    EMA,
+    StepContext,
+    TrainConfig,
+    build_sources,
+    param_groups,
+    train_one_epoch,
+)
 
 
 def _pageable_to_device(t, device, dtype=None):
@@ -61,6 +69,13 @@ def pageable_copies(source):
         yield
     finally:
         augment.host_to_device, batches.host_to_device, batches.normalize = saved
+
+
+def fresh_model(cfg: TrainConfig, device):
+    """The same initial weights for every row, in the recipe's memory format."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return create_model(cfg.model, num_classes=10).to(device, memory_format=memory_format)
 
 
 def run_steps(model, source, cfg: TrainConfig, device, steps: int, epoch: int, count_syncs: bool, around=None):
@@ -140,7 +155,7 @@ def main() -> None:
     p.add_argument(
         "--compile-mode",
         default="default",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        choices=COMPILE_MODES,
         help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)",
     )
     p.add_argument("--profile", action="store_true", help="also profile the steps as the code is (eager)")
@@ -163,10 +178,7 @@ def main() -> None:
     for compiled in [False] + ([True] if args.compile else []):
         cfg_c = dataclasses.replace(cfg, compile=compiled)
         for label, mode in (("pageable copies", pageable_copies), ("pinned, non-blocking", lambda _: nullcontext())):
-            torch.manual_seed(0)
-            model = create_model(cfg.model, num_classes=10).to(
-                device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
-            )
+            model = fresh_model(cfg, device)
             with mode(train_src):
                 times = [
                     run_steps(model, train_src, cfg_c, device, args.steps, 2 * r, False)[0] for r in range(args.reps)
@@ -188,11 +200,7 @@ def main() -> None:
             where = ", ".join(f"{k} x{v}" for k, v in places.most_common(8))
             print(f"\nSyncs, {label}: {where}")
     if args.profile:
-        torch.manual_seed(0)
-        model = create_model(cfg.model, num_classes=10).to(
-            device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
-        )
-        print_profile(model, train_src, cfg, device, args.steps)
+        print_profile(fresh_model(cfg, device), train_src, cfg, device, args.steps)
 
 
 if __name__ == "__main__":

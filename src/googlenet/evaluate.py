@@ -151,11 +151,13 @@ class EvalResult:
         return d
 
 
+def _crop_size(member: LoadedModel) -> int:
+    return int(member.preprocess.get("img_size", 224))
+
+
 def _crops_for(member: LoadedModel, images: list[Tensor], n_crops: int) -> Tensor:
-    pre = member.preprocess
-    size = int(pre.get("img_size", 224))
-    ratio = float(pre.get("resize_ratio", RESIZE_RATIO))
-    return torch.cat([multi_crop(img, n_crops, size, ratio) for img in images])
+    ratio = float(member.preprocess.get("resize_ratio", RESIZE_RATIO))
+    return torch.cat([multi_crop(img, n_crops, _crop_size(member), ratio) for img in images])
 
 
 def _softmax_in_chunks(member: LoadedModel, crops: Tensor, chunk: int, device: str | torch.device) -> Tensor:
@@ -285,7 +287,7 @@ def run_eval(
     if json_out:
         path = Path(json_out)
         with replacing(path) as tmp:
-            sizes = [int(m.preprocess.get("img_size", 224)) for m in members]
+            sizes = [_crop_size(m) for m in members]
             record = {**result.to_dict(), "img_sizes": sizes, "checkpoints": checkpoints, "data": data}
             tmp.write_text(json.dumps(record, indent=2) + "\n")
         if result.confusion is not None:

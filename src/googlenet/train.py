@@ -56,6 +56,9 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
+
+
 @dataclass
 class TrainConfig:
     """Everything `googlenet train` reads. Defaults < recipe (--config) < flags."""
@@ -99,7 +102,7 @@ class TrainConfig:
     compile_mode: str = _f(
         "default",
         "torch.compile mode; reduce-overhead replays the model's forward and backward as CUDA graphs",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        choices=list(COMPILE_MODES),
     )
     seed: int = _f(0, "random seed (data order, crops, initial weights)")
     device: str = _f("auto", "auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
