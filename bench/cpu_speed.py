@@ -43,12 +43,13 @@ from googlenet.data import (  # noqa: E402
     decode_rgb_bytes,
     sample_generator,
 )
+from googlenet.devices import cpu_has_native_bf16  # noqa: E402
 from googlenet.export import export_onnx  # noqa: E402
+from googlenet.loop import googlenet_loss  # noqa: E402
 from googlenet.pack import open_pack, write_pack  # noqa: E402
-from googlenet.train import cpu_has_native_bf16, googlenet_loss  # noqa: E402
 
 # Training-step settings compared: (memory format, bf16 autocast). bf16 pays off only where the CPU has
-# native bf16 instructions (AVX512-BF16 or AMX; see googlenet.train.cpu_has_native_bf16).
+# native bf16 instructions (AVX512-BF16 or AMX; see googlenet.devices.cpu_has_native_bf16).
 TRAIN_SETTINGS = {
     "default layout, fp32": (torch.contiguous_format, False),
     "channels_last, fp32": (torch.channels_last, False),

@@ -40,9 +40,12 @@ from model_speed import ours_train_outputs, pick_device, sync, torchvision_train
 from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
 from googlenet.batches import Augmentation, FolderSource, folder_crop_spec  # noqa: E402
 from googlenet.config import resolve  # noqa: E402
-from googlenet.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, scan_split  # noqa: E402
+from googlenet.data import ImageFolderDataset, scan_split  # noqa: E402
+from googlenet.loop import googlenet_loss  # noqa: E402
 from googlenet.pack import open_pack, write_pack  # noqa: E402
-from googlenet.train import TrainConfig, googlenet_loss, img_size_at  # noqa: E402
+from googlenet.preprocessing import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from googlenet.schedule import img_size_at  # noqa: E402
+from googlenet.train_config import TrainConfig  # noqa: E402
 
 
 def _make_class(args: tuple[Path, int, int]) -> None:

@@ -27,7 +27,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from googlenet import GoogLeNetOutputs, create_model  # noqa: E402
-from googlenet.train import googlenet_loss  # noqa: E402
+from googlenet.loop import googlenet_loss  # noqa: E402
 
 MODELS = ("bn", "bn_folded", "paper", "paper_torch_lrn")  # ours, beside torchvision's
 

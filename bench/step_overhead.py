@@ -1,6 +1,6 @@
 """Host-device syncs in the training loop, and what they cost: Fashion-MNIST, in one process.
 
-The training loop (`googlenet.train.train_one_epoch` fed by the in-memory Fashion-MNIST source, with the
+The training loop (`googlenet.loop.train_one_epoch` fed by the in-memory Fashion-MNIST source, with the
 recipe's crops, flips, erasing, EMA and gradient clipping) is timed twice on the same model and batches:
 - "pageable copies": every per-batch CPU -> GPU copy (batch indices, crop boxes, flip flags, erase boxes,
   normalisation constants) made with a plain `.to(device)`, as before. PyTorch synchronises the stream after
@@ -37,16 +37,12 @@ from model_speed import pick_device, sync  # noqa: E402
 from googlenet import augment, batches  # noqa: E402
 from googlenet import distributed as D  # noqa: E402
 from googlenet.config import resolve  # noqa: E402
+from googlenet.ema import EMA  # noqa: E402
+from googlenet.loop import StepContext, train_one_epoch  # noqa: E402
 from googlenet.model import create_model  # noqa: E402
-from googlenet.train import (  # noqa: E402
-    COMPILE_MODES,
-    EMA,
-    StepContext,
-    TrainConfig,
-    build_sources,
-    param_groups,
-    train_one_epoch,
-)
+from googlenet.train import param_groups  # noqa: E402
+from googlenet.train_config import COMPILE_MODES, TrainConfig  # noqa: E402
+from googlenet.train_data import build_train_data  # noqa: E402
 
 
 def _pageable_to_device(t, device, dtype=None):
@@ -173,7 +169,7 @@ def main() -> None:
         f"bf16 {cfg.bf16}, channels_last {cfg.channels_last}), {device.type} ({name}); torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}; {args.steps} steps, median of {args.reps}"
     )
-    train_src, *_ = build_sources(cfg, device, D.DistInfo())
+    train_src = build_train_data(cfg, device, D.DistInfo()).train
     rows = []
     for compiled in [False] + ([True] if args.compile else []):
         cfg_c = dataclasses.replace(cfg, compile=compiled)

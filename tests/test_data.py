@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from googlenet import train
+from googlenet import create_model, train
 from googlenet.augment import crop_resize, random_resized_box, random_resized_boxes
 from googlenet.batches import epoch_batches, local_slice
 from googlenet.data import DataError, _read_idx, decode_rgb, scan_split
@@ -293,7 +293,8 @@ def test_host_to_device_keeps_values_and_converts_dtype():
 
 
 def test_normalize_takes_numbers_or_ready_made_device_constants():
-    from googlenet.augment import channel_constants, normalize
+    from googlenet.augment import channel_constants
+    from googlenet.preprocessing import normalize
 
     x = torch.rand(2, 3, 4, 4)
     mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
@@ -306,16 +307,19 @@ def test_normalize_takes_numbers_or_ready_made_device_constants():
 def test_training_steps_from_memory_never_make_the_host_wait_for_the_gpu():
     """No host-device sync per step: batches (crops, flips, erasing, normalisation) and the step itself."""
     from googlenet.batches import Augmentation, InMemorySource
+    from googlenet.distributed import DistInfo
+    from googlenet.ema import EMA
+    from googlenet.loop import StepContext, evaluate, train_one_epoch
 
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
     aug = Augmentation(crop_scale=(0.6, 1.0), erase=0.5)
     src = InMemorySource(images, torch.arange(64) % 10, batch_size=16, train=True, mean=(0.3,), std=(0.35,),
                          aug=aug, device="cuda")  # fmt: skip
-    model = train.create_model("googlenet", num_classes=10).cuda()
+    model = create_model("googlenet", num_classes=10).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ctx = train.StepContext(opt, lambda s: 0.01, 2.0, 0.3, 0.1, lambda: torch.autocast("cuda", torch.bfloat16),
-                            True, train.EMA(model, 0.99), lambda: False)  # fmt: skip
-    train.train_one_epoch(model, src.batches(0, 32), ctx, 0, lambda *a: False)  # warm-up: cudnn autotuning
+    ctx = StepContext(opt, lambda s: 0.01, 2.0, 0.3, 0.1, lambda: torch.autocast("cuda", torch.bfloat16),
+                            True, EMA(model, 0.99), lambda: False)  # fmt: skip
+    train_one_epoch(model, src.batches(0, 32), ctx, 0, lambda *a: False)  # warm-up: cudnn autotuning
     torch.cuda.synchronize()
 
     def syncs_are_errors(batches):  # from the first batch to the last step (the epoch's end may sync once)
@@ -325,9 +329,9 @@ def test_training_steps_from_memory_never_make_the_host_wait_for_the_gpu():
         finally:
             torch.cuda.set_sync_debug_mode(0)
 
-    stats = train.train_one_epoch(model, syncs_are_errors(src.batches(1, 32)), ctx, 0, lambda *a: False)
-    assert stats["steps"] == 4
+    stats = train_one_epoch(model, syncs_are_errors(src.batches(1, 32)), ctx, 0, lambda *a: False)
+    assert stats.steps == 4
     val = InMemorySource(images, torch.arange(64) % 10, batch_size=16, train=False, mean=(0.3,), std=(0.35,),
                          device="cuda")  # fmt: skip
-    metrics = train.evaluate(model, syncs_are_errors(val.batches(0, 32)), ctx.autocast, True, train.D.DistInfo())
+    metrics = evaluate(model, syncs_are_errors(val.batches(0, 32)), ctx.autocast, True, DistInfo())
     assert metrics["val_images"] == 64

@@ -7,6 +7,7 @@ import torch
 
 from googlenet import create_model
 from googlenet.export import export_onnx, verify_onnx
+from googlenet.preprocessing import Preprocessing
 
 
 @pytest.fixture(params=["googlenet", "googlenet_bn"])
@@ -60,7 +61,7 @@ def test_onnx_export_with_baked_preprocessing(tmp_path):
 
     model = create_model("googlenet_bn", num_classes=3).eval()
     path = tmp_path / "baked.onnx"
-    export_onnx(model, path, img_size=48, preprocess={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]})
+    export_onnx(model, path, img_size=48, preprocessing=Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))
     images = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
     (got,) = ort.InferenceSession(str(path)).run(None, {"input": images.numpy()})
     mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)

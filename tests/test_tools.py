@@ -4,6 +4,7 @@ import json
 import struct
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -241,17 +242,28 @@ def test_unknown_crop_count_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "invalid choice: 7" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "device, flags, expected", [("cpu", [], 32), ("cuda", [], 256), ("cuda", ["--batch-size", "8"], 8)]
-)
-def test_eval_batch_size_defaults_to_the_device(monkeypatch, device, flags, expected):
-    import googlenet.evaluate
+@pytest.mark.parametrize("device, expected", [("cpu", 32), ("cuda", 256)])
+def test_eval_batch_size_defaults_to_the_device(device, expected):
+    from googlenet.evaluate import default_batch_size
+
+    assert default_batch_size(torch.device(device)) == expected
+
+
+def test_eval_batch_size_flag_wins_over_the_default(monkeypatch):
+    import googlenet.evaluate as evaluate
 
     seen = {}
-    monkeypatch.setattr(cli, "_device", lambda name: device)
-    monkeypatch.setattr(googlenet.evaluate, "run_eval", lambda *a, **k: seen.setdefault("batch_size", a[4]))
-    assert cli.main(["eval", "--checkpoint", "x.pt", *flags]) == 0
-    assert seen["batch_size"] == expected
+
+    def stop_at_evaluation(members, dataset, crops, batch_size, workers, device):
+        seen["batch_size"] = batch_size
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluate, "open_checkpoint", lambda *a, **k: SimpleNamespace(class_names=None))
+    monkeypatch.setattr(evaluate, "eval_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "evaluate_ensemble", stop_at_evaluation)
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--checkpoint", "x.pt", "--batch-size", "8", "--device", "cpu"])
+    assert seen["batch_size"] == 8
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from googlenet import config as C
-from googlenet import create_model, load_checkpoint, train
+from googlenet import create_model, devices, load_checkpoint, loop, schedule, train
 from googlenet.checkpoint import CheckpointError, link_checkpoint, read_checkpoint, save_checkpoint
 from googlenet.data import DataError
+from googlenet.ema import EMA
+from googlenet.loop import TrainingDiverged
+from googlenet.progress import Progress
 
 from .conftest import small_config
 
@@ -27,7 +30,7 @@ def test_small_model_overfits_a_small_set():
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 4
     opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9)
     for _ in range(50):
-        loss = train.googlenet_loss(model.train()(x, with_aux=True), y, aux_weight=0.3, smoothing=0.0)
+        loss = loop.googlenet_loss(model.train()(x, with_aux=True), y, aux_weight=0.3, smoothing=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -40,7 +43,7 @@ def test_small_model_overfits_a_small_set():
 def test_ema_averages_weights_and_batchnorm_statistics_alike():
     torch.manual_seed(0)
     live = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
-    ema = train.EMA(live, decay=0.9)
+    ema = EMA(live, decay=0.9)
     before = {k: v.clone() for k, v in ema.model.state_dict().items()}
     with torch.no_grad():
         live[0].weight.add_(1.0)
@@ -76,7 +79,7 @@ def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
 def test_bf16_trains_on_the_cpu_and_warns_where_it_is_emulated(image_folder, tmp_path, monkeypatch, caplog, native):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert train.cpu_has_native_bf16() is native
+    assert devices.cpu_has_native_bf16() is native
     with caplog.at_level("WARNING", logger="googlenet"):
         metrics = train.run(small_config(image_folder, tmp_path / "run", epochs=1, bf16=True, model="googlenet"))
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
@@ -86,7 +89,7 @@ def test_bf16_trains_on_the_cpu_and_warns_where_it_is_emulated(image_folder, tmp
 def test_cpu_bf16_probe_survives_a_torch_without_it(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert train.cpu_has_native_bf16() is False
+    assert devices.cpu_has_native_bf16() is False
 
 
 def test_resume_reproduces_uninterrupted_run(image_folder, tmp_path, monkeypatch):
@@ -96,7 +99,7 @@ def test_resume_reproduces_uninterrupted_run(image_folder, tmp_path, monkeypatch
 
     # Interrupt in the middle of epoch 2 by SIGTERM, as a preempted job would be.
     calls = {"n": 0}
-    original = train.Progress.__call__
+    original = Progress.__call__
 
     def progress_then_sigterm(self, steps, samples, loss_sum):
         calls["n"] += 1
@@ -104,13 +107,13 @@ def test_resume_reproduces_uninterrupted_run(image_folder, tmp_path, monkeypatch
             signal.raise_signal(signal.SIGTERM)
         return original(self, steps, samples, loss_sum)
 
-    monkeypatch.setattr(train.Progress, "__call__", progress_then_sigterm)
+    monkeypatch.setattr(Progress, "__call__", progress_then_sigterm)
     with pytest.raises(SystemExit) as stopped:
         train.run(small_config(image_folder, tmp_path / "split", **kw))
     assert stopped.value.code == 128 + signal.SIGTERM
     state = read_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["train_state"]
     assert (state["epoch"], state["step"]) == (1, 2)
-    monkeypatch.setattr(train.Progress, "__call__", original)
+    monkeypatch.setattr(Progress, "__call__", original)
 
     cfg = C.resolve(train.TrainConfig, None, train.resume_config(str(tmp_path / "split"), {}))
     train.run(cfg)
@@ -125,7 +128,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(image_
     out = tmp_path / "run"
     train.run(small_config(image_folder, out, epochs=1))
     before = (out / "checkpoint_last.pt").read_bytes()
-    with pytest.raises(train.TrainingDiverged, match="lower --lr"):
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
         train.run(small_config(image_folder, out, epochs=1, lr=1e12, model="googlenet"))
     assert (out / "checkpoint_last.pt").read_bytes() == before
 
@@ -261,7 +264,7 @@ def test_paper_recipe_matches_the_paper():
     )
     # "decreasing the learning rate by 4% every 8 epochs"
     steps = 100
-    after_warmup = [train.lr_factor(int(e * steps), steps, cfg) for e in (2, 7.99, 8, 15.99, 16, 24)]
+    after_warmup = [schedule.lr_factor(int(e * steps), steps, cfg) for e in (2, 7.99, 8, 15.99, 16, 24)]
     assert after_warmup == pytest.approx([1, 1, 0.96, 0.96, 0.96**2, 0.96**3])
     # crops of 8%-100% of the area, aspect ratio in [3/4, 4/3]
     aug = cfg.augmentation()
@@ -272,15 +275,15 @@ def test_paper_recipe_matches_the_paper():
 
 def test_cosine_schedule_with_warmup():
     cfg = C.resolve(train.TrainConfig, None, {"epochs": 10, "warmup_epochs": 2.0, "schedule": "cosine"})
-    assert train.lr_factor(0, 10, cfg) == pytest.approx(0.05)
-    assert train.lr_factor(19, 10, cfg) == pytest.approx(1.0)
-    assert train.lr_factor(60, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert train.lr_factor(100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
+    assert schedule.lr_factor(0, 10, cfg) == pytest.approx(0.05)
+    assert schedule.lr_factor(19, 10, cfg) == pytest.approx(1.0)
+    assert schedule.lr_factor(60, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule.lr_factor(100, 10, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_progressive_resizing_ramps_to_the_final_size():
     cfg = C.resolve(train.TrainConfig, None, {"epochs": 8, "img_size_start": 160, "img_size": 192})
-    sizes = [train.img_size_at(e, cfg) for e in range(8)]
+    sizes = [schedule.img_size_at(e, cfg) for e in range(8)]
     assert sizes[0] == 160 and sizes[-1] == 192 and sizes == sorted(sizes)
     assert all(s % 8 == 0 for s in sizes)
 
@@ -322,4 +325,4 @@ def test_compile_mode_reaches_torch_compile(image_folder, tmp_path, monkeypatch)
 def test_topk_correct_counts_hits_and_caps_k_at_the_class_count():
     logits = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4], [0.1, 0.5, 0.4]])
     labels = torch.tensor([1, 2, 0])  # ranks 1, 2 and 3
-    assert train.topk_correct(logits, labels, (1, 2, 5)).tolist() == [1, 2, 3]
+    assert loop.topk_correct(logits, labels, (1, 2, 5)).tolist() == [1, 2, 3]

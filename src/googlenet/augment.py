@@ -1,19 +1,20 @@
 """Batched image augmentation on tensors, on whatever device the batch is on.
 
-The crop boxes follow the paper (section 6 of Szegedy et al., SPEC section 3): a patch of 8%-100% of the
-image area with aspect ratio in [3/4, 4/3], resized to the training size. The same sampler serves the
+The crop boxes follow the paper (section 6 of Szegedy et al.; docs/paper.md#training-protocol): a patch of
+8%-100% of the image area with aspect ratio in [3/4, 4/3], resized to the training size. The same sampler serves the
 per-image CPU path (one box at a time, in loader workers) and the batched device path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from googlenet.preprocessing import luma
 
 # Paper: "patches of the image whose size is distributed evenly between 8% and 100% of the image area
 # with aspect ratio constrained to the interval [3/4, 4/3]".
@@ -204,32 +205,16 @@ def photometric(images: Tensor, factors: Tensor) -> Tensor:
     f = host_to_device(factors, images.device, images.dtype)
     b, c, s = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
     x = images * b
-    mean_grey = _luma(x).mean(dim=(2, 3), keepdim=True)
+    mean_grey = luma(x).mean(dim=(2, 3), keepdim=True)
     x = (x - mean_grey) * c + mean_grey
-    grey = _luma(x)
+    grey = luma(x)
     x = (x - grey) * s + grey
     return x.clamp_(0.0, 1.0)
-
-
-def _luma(x: Tensor) -> Tensor:
-    """ITU-R 601 luma of [N, 3, H, W] images, as [N, 1, H, W]."""
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def photometric_factors(n: int, strength: float, generator: torch.Generator | None = None) -> Tensor:
     """[N, 3] factors uniform in [1 - strength, 1 + strength]."""
     return 1.0 + (torch.rand(n, 3, generator=generator) * 2 - 1) * strength
-
-
-def normalize(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
-    """(x - mean) / std per channel for float images [N, C, H, W] in [0, 1].
-
-    ``mean`` and ``std``: numbers per channel, or [1, C, 1, 1] tensors on the images' device
-    (:func:`channel_constants`), which the training loop's sources pass to stay clear of per-batch copies.
-    """
-    m = mean if isinstance(mean, Tensor) else images.new_tensor(mean).view(1, -1, 1, 1)
-    s = std if isinstance(std, Tensor) else images.new_tensor(std).view(1, -1, 1, 1)
-    return (images - m) / s
 
 
 def resize_square(images: Tensor, size: int) -> Tensor:

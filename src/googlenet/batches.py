@@ -22,7 +22,6 @@ from googlenet.augment import (
     crop_resize_ragged,
     erase,
     host_to_device,
-    normalize,
     photometric,
     photometric_factors,
     random_erase_boxes,
@@ -32,7 +31,6 @@ from googlenet.augment import (
     resize_square,
 )
 from googlenet.data import (
-    RESIZE_RATIO,
     CropSpec,
     EncodedImageDataset,
     ImageFolderDataset,
@@ -40,6 +38,7 @@ from googlenet.data import (
     decode_rgb_bytes,
     sample_generator,
 )
+from googlenet.preprocessing import RESIZE_RATIO, normalize
 
 Batch = tuple[Tensor, Tensor, list[str]]
 

@@ -1,8 +1,15 @@
-"""Checkpoints: one place writes them (atomically), one place reads them (weights_only, never code).
+"""Checkpoints: the one module that builds, writes (atomically) and reads them (weights_only, never code).
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists, so ``torch.load(weights_only=True)``
-reads it. It carries everything needed to rebuild and use the model on its own: the model config, the
-class names and the preprocessing, besides the weights (and, from training, the state to resume).
+reads it. Every checkpoint, from training, from ``googlenet import`` or from a test, has this layout
+(:func:`build_checkpoint`):
+
+- ``format``: ``"googlenet-checkpoint/1"``;
+- ``model_config``: the :class:`~googlenet.model.GoogLeNetConfig` as a dict; ``model``: its weights (the
+  EMA / Polyak average where training kept one);
+- ``class_names``: one per output; ``preprocess``: the :class:`~googlenet.preprocessing.Preprocessing`;
+- ``config``: the training config (or ``{"imported_from": ...}``); ``metrics``: the last epoch's;
+- ``train_state``: what ``--resume`` needs (live weights, optimizer, EMA count, position, RNG), or None.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch import nn
 
 from googlenet.files import replacing
 from googlenet.model import GoogLeNet, model_from_config
+from googlenet.preprocessing import Preprocessing, PreprocessingError
 
 FORMAT = "googlenet-checkpoint/1"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -52,6 +60,31 @@ def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def build_checkpoint(
+    model: GoogLeNet,
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    *,
+    weights: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict for ``model`` (``weights``: another state_dict of it, such as the EMA's)."""
+    if len(class_names) != model.config.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {model.config.num_classes}-class model")
+    return {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "class_names": list(class_names),
+        "preprocess": preprocessing.to_dict(),
+        "model": weights if weights is not None else model.state_dict(),
+        "config": config,
+        "metrics": metrics,
+        "train_state": train_state,
+    }
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
@@ -79,11 +112,15 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> None:
                 os.fsync(f.fileno())
 
 
+def checkpoint_file(path: str | Path, in_run_folder: str = "checkpoint_best.pt") -> Path:
+    """``path`` itself, or for a run folder the checkpoint named ``in_run_folder`` inside it."""
+    path = Path(path)
+    return path / in_run_folder if path.is_dir() else path
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``; clear errors for missing or corrupt files."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint_best.pt"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -105,7 +142,7 @@ class LoadedModel:
 
     model: GoogLeNet
     class_names: list[str]
-    preprocess: dict[str, Any]
+    preprocessing: Preprocessing
     path: Path
 
 
@@ -129,10 +166,14 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", fold_b
     names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: {len(names)} class names for a {num_classes}-class model")
+    try:
+        preprocessing = Preprocessing.from_dict(ckpt.get("preprocess"))
+    except PreprocessingError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if fold_batchnorm:
         model.fold_batchnorm()
     model = model.to(device, memory_format=torch.channels_last).eval()
-    return LoadedModel(model, names, dict(ckpt.get("preprocess") or {}), Path(path))
+    return LoadedModel(model, names, preprocessing, Path(path))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> GoogLeNet:

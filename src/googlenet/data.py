@@ -25,22 +25,15 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from googlenet.augment import PAPER_CROP_RATIO, PAPER_CROP_SCALE, random_resized_box
+from googlenet.preprocessing import eval_crop
 
 log = logging.getLogger("googlenet")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-# Standard evaluation geometry: resize the shorter side to 256/224 of the crop, then centre-crop.
-RESIZE_RATIO = 256 / 224
-
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-# Channel statistics of the Fashion-MNIST training set (pixel values / 255), repeated on all three channels.
-FASHION_MNIST_MEAN = (0.2860,) * 3
-FASHION_MNIST_STD = (0.3530,) * 3
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -267,9 +260,7 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 def crop_image(img: Tensor, size: int, spec: CropSpec, g: torch.Generator | None) -> Tensor:
     """uint8 [3, H, W] -> uint8 [3, size, size] following ``spec`` (``g`` drives the training randomness)."""
     if not spec.train:
-        short = round(size * RESIZE_RATIO)
-        img = TF.resize(img, [short], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return TF.center_crop(img, [size, size])
+        return eval_crop(img, size)
     h, w = img.shape[-2:]
     x0, y0, x1, y1 = random_resized_box(h, w, spec.scale, spec.ratio, g)
     mode, antialias = INTERPOLATIONS[0]

@@ -34,17 +34,6 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` picks this process's GPU when there is one, else the CPU."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", info.local_rank)
-
-
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over all processes (identity in a single process)."""
     if info.world > 1:

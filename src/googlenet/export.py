@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from googlenet.augment import normalize
+from googlenet.checkpoint import open_checkpoint
+from googlenet.config import option
 from googlenet.files import replacing
+from googlenet.preprocessing import Preprocessing, normalize
 
 
 class WithPreprocessing(nn.Module):
@@ -27,7 +30,7 @@ def export_onnx(
     path: str | Path,
     img_size: int,
     *,
-    preprocess: dict | None = None,
+    preprocessing: Preprocessing | None = None,
     opset: int = 18,
     check: bool = True,
 ) -> float:
@@ -36,7 +39,7 @@ def export_onnx(
     Args:
         model: the network; exported in eval mode, so the auxiliary heads are not in the graph.
         img_size: height and width of the traced input (the graph keeps them fixed).
-        preprocess: with {"mean", "std"}, bake normalisation in: the graph then takes uint8 RGB
+        preprocessing: where given, its normalisation is baked in: the graph then takes uint8 RGB
             [N, 3, H, W]; without it the graph takes float32 normalised RGB ("input"), as the model does.
         check: run onnxruntime on two batch sizes and compare with PyTorch.
 
@@ -46,8 +49,8 @@ def export_onnx(
     model = model.eval()
     module: nn.Module = model
     example = torch.randn(2, 3, img_size, img_size)
-    if preprocess is not None:
-        module = WithPreprocessing(model, preprocess["mean"], preprocess["std"]).eval()
+    if preprocessing is not None:
+        module = WithPreprocessing(model, preprocessing.mean, preprocessing.std).eval()
         example = torch.randint(0, 256, (2, 3, img_size, img_size), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with replacing(path) as tmp:
@@ -86,3 +89,31 @@ def verify_onnx(module: nn.Module, onnx_path: str | Path, example: Tensor, tol: 
     if worst > tol * scale:
         raise RuntimeError(f"onnxruntime logits differ from PyTorch by {worst:.2e} (tolerance {tol * scale:.2e})")
     return worst
+
+
+@dataclass
+class ExportConfig:
+    """What `googlenet export` reads (flags, or a TOML file given with --config)."""
+
+    checkpoint: str = option(help="checkpoint file or run folder", metavar="CKPT")
+    onnx: str = option(help="the ONNX file to write", metavar="OUT.onnx")
+    img_size: int | None = option(None, "input height/width (default: the checkpoint's)", min=1)
+    bake_preprocessing: bool = option(False, "the graph takes uint8 RGB [N, 3, H, W] and normalises it itself")
+
+
+def run_export(cfg: ExportConfig) -> int:
+    """`googlenet export`: write and verify the graph, then say what input it expects."""
+    member = open_checkpoint(cfg.checkpoint)
+    pre = member.preprocessing
+    size = cfg.img_size or pre.img_size
+    error = export_onnx(member.model, cfg.onnx, size, preprocessing=pre if cfg.bake_preprocessing else None)
+    expects = (
+        "uint8 RGB [N, 3, H, W], normalised inside the graph"
+        if cfg.bake_preprocessing
+        else f"float32 [N, 3, {size}, {size}] = (RGB / 255 - mean {list(pre.mean)}) / std {list(pre.std)}"
+    )
+    print(
+        f"wrote {cfg.onnx}: input 'input' {expects}; output 'logits' [N, {len(member.class_names)}]; "
+        f"onnxruntime max |diff| {error:.2e}"
+    )
+    return 0

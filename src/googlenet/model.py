@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import fuse_conv_bn_eval
 
+from googlenet.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "MIN_INPUT_SIZE",
     "GoogLeNet",
@@ -46,8 +48,6 @@ MIN_INPUT_SIZE = {"googlenet": 31, "googlenet_bn": 15}
 
 # torchvision's weights were ported from TF-slim, which expects inputs in [-1, 1]. With
 # transform_input=True the model takes ImageNet mean/std-normalised input and remaps it to that range.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 # bvlc_googlenet's training-set means in BGR order (its deploy preprocessing).
 _CAFFE_BGR_MEAN = (104.0, 117.0, 123.0)
 
@@ -276,8 +276,8 @@ class GoogLeNet(nn.Module):
             # state_dicts unchanged. (Built per forward with new_tensor, each was a blocking host-to-device
             # copy on a GPU.)
             for name, values in (
-                ("input_mean", _IMAGENET_MEAN),
-                ("input_std", _IMAGENET_STD),
+                ("input_mean", IMAGENET_MEAN),
+                ("input_std", IMAGENET_STD),
                 ("caffe_bgr_mean", _CAFFE_BGR_MEAN),
             ):
                 self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
@@ -289,7 +289,7 @@ class GoogLeNet(nn.Module):
                 if self.config.paper:
                     # He init keeps the activation variance through 22 ReLU layers without BN. Caffe's
                     # "xavier" (variance 1/fan_in) halves it at every layer, one cause of the loss-6.9
-                    # stalls users of that recipe report (SPEC section 3).
+                    # stalls users of that recipe report (docs/paper.md#initialisation).
                     if isinstance(m, nn.Conv2d):
                         nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                     else:
@@ -322,7 +322,7 @@ class GoogLeNet(nn.Module):
             # Per channel: undo mean/std normalisation, then map [0, 1] to [-1, 1] (torchvision's formula).
             x = x * (std / 0.5) + (mean - 0.5) / 0.5
         if self.config.caffe_input:
-            # Back to 0-255 RGB, reorder to BGR, subtract Caffe's per-channel means (SPEC section 2).
+            # Back to 0-255 RGB, reorder to BGR, subtract Caffe's per-channel means (docs/paper.md#preprocessing).
             x = (x * std + mean) * 255.0
             x = x.flip(1) - self.caffe_bgr_mean
         return x

@@ -31,6 +31,7 @@ from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from googlenet.config import option
 from googlenet.data import DataError, ImageFolderIndex, decode_rgb_bytes, scan_split
 from googlenet.files import replacing
 
@@ -212,3 +213,27 @@ def prepare(
         classes = classes or index.classes
         reports[split] = write_pack(index, pack_path(out, split), short_side, quality, workers)
     return reports
+
+
+@dataclass
+class PrepareConfig:
+    """What `googlenet prepare` reads (flags, or a TOML file given with --config)."""
+
+    source: str = option(
+        help="folder with train/<class>/* and/or val/ (as for train --data)", positional=True, metavar="DIR"
+    )
+    out: str = option(help="where train.gpk / val.gpk go: then --data DIR", metavar="DIR")
+    short_side: int = option(256, "shrink images whose shorter side is larger (0: keep sizes)", min=0)
+    quality: int = option(90, "JPEG quality of the re-encoded images (1-100)", min=1, max=100)
+    workers: int = option(os.cpu_count() or 1, "decoding processes (default: one per CPU)", min=0)
+
+
+def run_prepare(cfg: PrepareConfig) -> int:
+    out = Path(cfg.out)
+    reports = prepare(Path(cfg.source), out, cfg.short_side or None, cfg.quality, cfg.workers)
+    for split, r in reports.items():
+        print(
+            f"{split}: {r.images} images, {r.pack_bytes / 2**20:,.1f} MiB (source {r.source_bytes / 2**20:,.1f} MiB), "
+            f"{len(r.skipped)} undecodable skipped, {r.seconds:.1f} s -> {pack_path(out, split)}"
+        )
+    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from googlenet.augment import normalize
-from googlenet.checkpoint import LoadedModel
-from googlenet.data import IMAGE_EXTENSIONS, RESIZE_RATIO, decode_rgb
-from googlenet.evaluate import multi_crop
+from googlenet.checkpoint import LoadedModel, open_checkpoint
+from googlenet.config import option
+from googlenet.data import IMAGE_EXTENSIONS, decode_rgb
+from googlenet.devices import DEVICE_CHOICES, resolve_device
 
 
 @dataclass
@@ -35,16 +37,6 @@ def expand_paths(paths: list[str]) -> Iterator[tuple[str, str | None]]:
             yield str(p), "no such file or folder"
 
 
-def preprocess_image(img: Tensor, preprocess: dict) -> Tensor:
-    """uint8 RGB [3, H, W] -> normalised float [3, S, S] the way the checkpoint's model was evaluated."""
-    if preprocess.get("grayscale"):
-        grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).round().to(torch.uint8)
-        img = grey.expand(3, -1, -1)
-    size = int(preprocess.get("img_size", 224))
-    crop = multi_crop(img, 1, size, float(preprocess.get("resize_ratio", RESIZE_RATIO)))
-    return normalize(crop.float() / 255, preprocess["mean"], preprocess["std"])[0]
-
-
 def predict(
     member: LoadedModel, paths: list[str], top_k: int = 5, batch_size: int = 32, device: str | torch.device = "cpu"
 ) -> Iterator[Prediction]:
@@ -62,17 +54,43 @@ def predict(
         pending.clear()
 
     for path, error in expand_paths(paths):
+        if error is None:
+            try:
+                pending.append((path, member.preprocessing(decode_rgb(path))))
+            except (OSError, ValueError) as e:
+                error = str(e).removeprefix(f"{path}: ")
         if error is not None:
             yield from flush() if pending else ()
             yield Prediction(path, error=error)
-            continue
-        try:
-            pending.append((path, preprocess_image(decode_rgb(path), member.preprocess)))
-        except (OSError, ValueError) as e:
-            yield from flush() if pending else ()
-            yield Prediction(path, error=str(e).removeprefix(f"{path}: "))
-            continue
-        if len(pending) >= batch_size:
+        elif len(pending) >= batch_size:
             yield from flush()
     if pending:
         yield from flush()
+
+
+@dataclass
+class PredictConfig:
+    """What `googlenet predict` reads (flags, or a TOML file given with --config)."""
+
+    checkpoint: str = option(help="checkpoint file or run folder", metavar="CKPT")
+    paths: list[str] = option(help="image files and folders of images", positional=True, metavar="PATH")
+    top_k: int = option(5, "classes to print per image", min=1)
+    json: bool = option(False, "one JSON object per line")
+    batch_size: int = option(32, "images per forward pass", min=1)
+    device: str = option("auto", "auto, cpu or cuda", choices=list(DEVICE_CHOICES))
+
+
+def run_predict(cfg: PredictConfig) -> int:
+    """`googlenet predict`: one line per image; unreadable files named on stderr, then exit status 1."""
+    device = resolve_device(cfg.device)
+    member = open_checkpoint(cfg.checkpoint, device, fold_batchnorm=True)
+    failed = 0
+    for pred in predict(member, cfg.paths, cfg.top_k, cfg.batch_size, device):
+        if pred.error:
+            failed += 1
+            print(f"googlenet: cannot read {pred.path}: {pred.error}", file=sys.stderr)
+        elif cfg.json:
+            print(json.dumps({"path": pred.path, "top_k": [{"class": c, "probability": p} for c, p in pred.classes]}))
+        else:
+            print(f"{pred.path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.classes))
+    return 1 if failed else 0

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from googlenet.model import GoogLeNet
+from googlenet.config import option
+from googlenet.model import GoogLeNet, create_model, list_models
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PaperRow:
     ops_m: float
 
 
-# The paper's Table 1 as printed, including its errors (SPEC section 1): conv1 is 9,408 weights / 118M MACs
+# The paper's Table 1 as printed, including its errors (docs/paper.md#table-1): conv1 is 9,408 weights / 118M MACs
 # (the table says 2.7K / 34M); 4c's params are 7.5% high; 5a is about 5% high in both columns. These are
 # shown next to the measured numbers and flagged, never used to build the model.
 PAPER_TABLE1: tuple[PaperRow, ...] = (
@@ -175,3 +176,17 @@ def _variant_reason(variant: str, label: str) -> str | None:
     if variant == "googlenet_bn" and label.startswith("inception"):
         return "torchvision's 3x3 conv in the '5x5' branch"
     return None
+
+
+@dataclass
+class SummaryConfig:
+    """What `googlenet summary` reads (flags, or a TOML file given with --config)."""
+
+    model: str = option("googlenet", "model variant", choices=list_models())
+    img_size: int = option(224, "input height and width in px", min=1)
+    aux: bool = option(True, "include the auxiliary heads")
+
+
+def run_summary(cfg: SummaryConfig) -> int:
+    print(format_summary(create_model(cfg.model, aux_logits=cfg.aux), cfg.img_size))
+    return 0

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from googlenet.checkpoint import CheckpointError, save_checkpoint, strip_wrapper_prefixes
-from googlenet.data import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
+from googlenet.checkpoint import CheckpointError, build_checkpoint, save_checkpoint, strip_wrapper_prefixes
+from googlenet.config import option
 from googlenet.model import GoogLeNet, create_model
-
-IMAGENET_PREPROCESS = {
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "grayscale": False,
-    "resize_ratio": RESIZE_RATIO,
-    "img_size": 224,
-}
+from googlenet.preprocessing import imagenet_preprocessing
 
 
 def imagenet_categories() -> list[str]:
@@ -38,18 +32,8 @@ def _class_names(num_classes: int) -> list[str]:
 
 
 def _save_imported(model: GoogLeNet, out: str | Path, source: str) -> None:
-    save_checkpoint(
-        out,
-        {
-            "model_config": model.config.to_dict(),
-            "class_names": _class_names(model.config.num_classes),
-            "preprocess": dict(IMAGENET_PREPROCESS),
-            "model": model.state_dict(),
-            "config": {"imported_from": source},
-            "metrics": None,
-            "train_state": None,
-        },
-    )
+    classes = _class_names(model.config.num_classes)
+    save_checkpoint(out, build_checkpoint(model, classes, imagenet_preprocessing(), config={"imported_from": source}))
 
 
 # ------------------------------------------------------------------------------------------ torchvision
@@ -253,3 +237,22 @@ def import_caffe(path: str | Path, out: str | Path) -> GoogLeNet:
     model = caffe_to_model(layers)
     _save_imported(model, out, f"caffe:{path.name}")
     return model
+
+
+IMPORTERS = {"torchvision": import_torchvision, "caffe": import_caffe}
+
+
+@dataclass
+class ImportConfig:
+    """What `googlenet import` reads (flags, or a TOML file given with --config)."""
+
+    source: str = option(help="the weights' format", positional=True, choices=list(IMPORTERS))
+    file: str = option(help="torchvision .pth or Caffe .caffemodel", positional=True, metavar="FILE")
+    out: str = option(help="the checkpoint to write", metavar="CKPT")
+
+
+def run_import(cfg: ImportConfig) -> int:
+    model = IMPORTERS[cfg.source](cfg.file, cfg.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {cfg.out}: {model.config.variant}, {model.config.num_classes} classes, {params:,} parameters")
+    return 0
