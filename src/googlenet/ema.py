@@ -43,4 +43,3 @@ class EMA:
         torch._foreach_lerp_(self._averaged, live, 1 - d)  # one fused update, not one kernel per tensor
         if self._copied:
             torch._foreach_copy_(self._copied, self._buffers(src, floats=False))
-

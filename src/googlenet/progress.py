@@ -44,4 +44,3 @@ class Progress:
     def close(self) -> None:
         if self.enabled and self.tty:
             print(file=sys.stderr)
-

@@ -27,4 +27,3 @@ def img_size_at(epoch: int, cfg: TrainConfig) -> int:
     t = min(1.0, epoch / ramp_end)
     size = cfg.img_size_start + t * (cfg.img_size - cfg.img_size_start)
     return max(MIN_INPUT_SIZE[cfg.model], int(round(size / 8) * 8))
-

@@ -41,7 +41,6 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-
 def stop_check(flag: StopFlag, dist: D.DistInfo, device: torch.device) -> Callable[[], bool]:
     """A function the loop calls after every step: whether to stop now (every process at the same step)."""
     if dist.world == 1:
