@@ -26,7 +26,7 @@ data:
 
 # The CPU Fashion-MNIST recipe shortened to 3 epochs on 30,000 training images at 32 px (about 3 minutes of
 # training on 2 CPU cores); prints the test accuracy. bf16 autocast where the CPU has bf16 instructions
-# (faster there: README, Results, CPU), float32 elsewhere.
+# (faster there: bench/results/speed/cpu-2core-train-bf16), float32 elsewhere.
 NATIVE_BF16 = $$($(BIN)/python -c 'from googlenet.devices import cpu_has_native_bf16 as n; print("--bf16" if n() else "--no-bf16")')
 demo: setup data
 	$(BIN)/googlenet train --config fashion-mnist-cpu --img-size 32 --batch-size 128 --lr 0.05 --epochs 3 \

@@ -1,4 +1,4 @@
-"""The model against its oracles: the recomputed Table 1 (SPEC section 1) and torchvision's googlenet."""
+"""The model against its oracles: the recomputed Table 1 (docs/paper.md#table-1) and torchvision's googlenet."""
 
 import copy
 
@@ -15,7 +15,7 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-# Recomputed from the channel counts (SPEC section 1): weights and MACs per Table 1 row, true 5x5 branches.
+# Recomputed from the channel counts (docs/paper.md#table-1): weights and MACs per Table 1 row, true 5x5 branches.
 RECOMPUTED = {
     "conv1": (9_408, 118_013_952),
     "conv2+conv3": (114_688, 359_661_568),
@@ -59,7 +59,8 @@ def test_per_layer_weights_and_macs_equal_recomputed_table1():
     main = [s for s in stats.values() if not s.name.startswith("aux")]
     assert sum(s.weights for s in main) == 6_990_272
     assert sum(s.macs for s in main) == 1_582_671_872
-    # Auxiliary heads, with biases (SPEC: 3,188,840 on 4a and 3,190,888 on 4d with 1000 classes).
+    # Auxiliary heads, with biases: 3,188,840 on 4a and 3,190,888 on 4d with 1000 classes
+    # (docs/paper.md#auxiliary-classifiers).
     assert stats["aux1"].params == 3_188_840 and stats["aux2"].params == 3_190_888
 
 
