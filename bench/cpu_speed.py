@@ -39,12 +39,11 @@ from googlenet.data import (  # noqa: E402
     CropSpec,
     ImageFolderIndex,
     crop_image,
-    decode_rgb,
-    decode_rgb_bytes,
     sample_generator,
 )
 from googlenet.devices import cpu_has_native_bf16  # noqa: E402
 from googlenet.export import export_onnx  # noqa: E402
+from googlenet.image_decode import decode_rgb, decode_rgb_bytes  # noqa: E402
 from googlenet.loop import googlenet_loss  # noqa: E402
 from googlenet.pack import open_pack, write_pack  # noqa: E402
 

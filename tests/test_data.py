@@ -10,7 +10,8 @@ from PIL import Image
 from googlenet import create_model, train
 from googlenet.augment import crop_resize, random_resized_box, random_resized_boxes
 from googlenet.batches import epoch_batches, local_slice
-from googlenet.data import DataError, _read_idx, decode_rgb, scan_split
+from googlenet.data import DataError, _read_idx, scan_split
+from googlenet.image_decode import decode_rgb
 
 from .conftest import class_image, make_image_folder, small_config, write_image
 

@@ -10,7 +10,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from googlenet import cli, train
 from googlenet.batches import Augmentation, FolderSource, folder_crop_spec
-from googlenet.data import DataError, ImageFolderDataset, decode_rgb, scan_split
+from googlenet.data import DataError, ImageFolderDataset, scan_split
+from googlenet.image_decode import decode_rgb
 from googlenet.pack import PackedIndex, _Reencoded, open_pack, open_split, prepare, write_pack
 
 from .conftest import class_image, small_config, write_image

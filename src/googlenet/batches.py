@@ -35,9 +35,9 @@ from googlenet.data import (
     EncodedImageDataset,
     ImageFolderDataset,
     collate_skipping_bad,
-    decode_rgb_bytes,
     sample_generator,
 )
+from googlenet.image_decode import ImageRefused, check_header, decode_rgb_bytes
 from googlenet.preprocessing import RESIZE_RATIO, normalize
 
 Batch = tuple[Tensor, Tensor, list[str]]
@@ -270,22 +270,30 @@ class FolderSource:
 def decode_batch(encoded: list[Tensor], names: list[str], device: torch.device) -> list[Tensor | str]:
     """Decode a batch of files' bytes to uint8 RGB on ``device``; an error message where one cannot be.
 
-    All-JPEG batches take one batched call (nvJPEG on CUDA); otherwise each file is decoded on its own,
-    on the device where possible, else on the CPU with :func:`decode_rgb_bytes` (PNG, CMYK, truncated...).
+    Every header is checked first (:func:`~googlenet.image_decode.check_header`: the pixel limit); the
+    JPEGs then take one batched call on the device (nvJPEG on CUDA), and the rest, or all of them if the
+    batched call fails, decode one by one through :func:`~googlenet.image_decode.decode_rgb_bytes`.
     """
+    out: list[Tensor | str | None] = [None] * len(encoded)
+    jpegs: list[int] = []
+    for i, (data, name) in enumerate(zip(encoded, names)):
+        try:
+            if check_header(data.numpy().tobytes(), name) == "JPEG":
+                jpegs.append(i)
+        except ImageRefused as e:
+            out[i] = str(e)
     try:
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device) if jpegs else []
+        for i, img in zip(jpegs, decoded):
+            out[i] = img
     except (RuntimeError, ValueError):
         pass
-    out: list[Tensor | str] = []
-    for data, name in zip(encoded, names):
-        try:
-            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except (RuntimeError, ValueError):
+    for i, item in enumerate(out):
+        if item is None:
             try:
-                out.append(decode_rgb_bytes(data.numpy().tobytes(), name).to(device))
-            except ValueError as e:
-                out.append(str(e))
+                out[i] = decode_rgb_bytes(encoded[i].numpy().tobytes(), names[i]).to(device)
+            except ImageRefused as e:
+                out[i] = str(e)
     return out
 
 

@@ -10,21 +10,20 @@ batches and crops whatever the number of workers or processes, and a resumed run
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import struct
-import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from googlenet.augment import PAPER_CROP_RATIO, PAPER_CROP_SCALE, random_resized_box
+from googlenet.image_decode import decode_rgb_bytes
 from googlenet.preprocessing import eval_crop
 
 log = logging.getLogger("googlenet")
@@ -48,8 +47,11 @@ class DataError(ValueError):
 def _read_idx(path: Path) -> Tensor:
     """Parse an IDX file (optionally gzipped): big-endian magic 0x0000 08 <ndim>, dims, then uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or damaged .gz
+        raise DataError(f"{path}: unreadable ({e})") from None
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
@@ -108,44 +110,6 @@ def load_fashion_mnist(split: str) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ image files
-
-
-def decode_rgb(path: str | Path) -> Tensor:
-    """Decode any common image file to uint8 RGB [3, H, W], whatever its extension says.
-
-    torchvision.io first (about 2x PIL per core; handles grey, CMYK JPEG, PNG with alpha or 16 bits,
-    and content named after the wrong format); PIL as fallback, which also recovers truncated files.
-
-    Raises:
-        ValueError: the file holds no decodable image (the message names it and why).
-    """
-    return decode_rgb_bytes(Path(path).read_bytes(), str(path))
-
-
-def decode_rgb_bytes(data: bytes, name: str) -> Tensor:
-    """:func:`decode_rgb` for the file's bytes; ``name`` is used in the error message."""
-    if not data:
-        raise ValueError(f"{name}: empty file")
-    try:
-        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        if img.dtype != torch.uint8:  # 16-bit PNG
-            img = TF.to_dtype(img, torch.uint8, scale=True)
-        return img
-    except Exception as first_error:
-        try:
-            return _decode_with_pil(data)
-        except Exception:
-            raise ValueError(f"{name}: not a decodable image ({first_error})") from None
-
-
-def _decode_with_pil(data: bytes) -> Tensor:
-    from PIL import Image, ImageFile
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = True  # decode what is there of a truncated file
-    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
-        warnings.simplefilter("ignore")
-        rgb = im.convert("RGB")
-    return TF.pil_to_tensor(rgb)
 
 
 @dataclass(frozen=True)
@@ -214,16 +178,29 @@ def _scan_flat(split_dir: Path, classes: list[str] | None) -> ImageFolderIndex:
         raise DataError(f"{label_file}: {len(lines)} labels for {len(files)} images")
     if classes is None:
         raise DataError(f"{split_dir}: a flat folder needs the class list of a training split or checkpoint")
+    return ImageFolderIndex(files, _flat_labels(lines, classes, label_file), list(classes))
+
+
+def _flat_labels(lines: list[str], classes: list[str], label_file: Path) -> list[int]:
+    """Labels from a flat folder's labels file: class names, or 0-based class indices where no class is
+    named by a number (ILSVRC2012's validation labels). Where classes are named by numbers a number is a
+    class name, and a number that names no class is an error rather than a guess at an index."""
     index = {c: i for i, c in enumerate(classes)}
+    numeric_names = any(c.isdigit() for c in classes)
     labels = []
     for n, ln in enumerate(lines, 1):
-        if ln.isdigit() and int(ln) < len(classes):
-            labels.append(int(ln))
-        elif ln in index:
+        if ln in index:
             labels.append(index[ln])
+        elif ln.isdigit() and numeric_names:
+            raise DataError(
+                f"{label_file}:{n}: {ln!r} is not a class name, and with classes named by numbers it cannot be "
+                "read as an index either; write class names"
+            )
+        elif ln.isdigit() and int(ln) < len(classes):
+            labels.append(int(ln))
         else:
             raise DataError(f"{label_file}:{n}: {ln!r} is neither a class index < {len(classes)} nor a class name")
-    return ImageFolderIndex(files, labels, list(classes))
+    return labels
 
 
 INTERPOLATIONS = (

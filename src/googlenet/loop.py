@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +60,8 @@ class StepContext:
     channels_last: bool
     ema: EMA | None
     stop: Callable[[], bool]  # whether a stop was requested
+    # Called after model.train() each epoch: puts layers that must not train (frozen BatchNorm) back in eval.
+    after_train_mode: Callable[[], None] | None = None
 
 
 @dataclass
@@ -69,10 +71,13 @@ class EpochTotals:
     loss_sum: float = 0.0
     samples: int = 0
     bad_files: int = 0
+    per_class: list[int] = field(default_factory=list)  # images trained on, by label
 
     def __add__(self, other: EpochTotals) -> EpochTotals:
+        n = max(len(self.per_class), len(other.per_class))
+        per_class = [a + b for a, b in zip(_padded(self.per_class, n), _padded(other.per_class, n))]
         return EpochTotals(
-            self.loss_sum + other.loss_sum, self.samples + other.samples, self.bad_files + other.bad_files
+            self.loss_sum + other.loss_sum, self.samples + other.samples, self.bad_files + other.bad_files, per_class
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +85,13 @@ class EpochTotals:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> EpochTotals:
-        return cls(float(d["loss_sum"]), int(d["samples"]), int(d["bad_files"])) if d else cls()
+        if not d:
+            return cls()
+        return cls(float(d["loss_sum"]), int(d["samples"]), int(d["bad_files"]), list(d.get("per_class", [])))
+
+
+def _padded(counts: list[int], n: int) -> list[int]:
+    return counts + [0] * (n - len(counts))
 
 
 @dataclass
@@ -116,9 +127,12 @@ def train_one_epoch(model: nn.Module, batches: Batches, ctx: StepContext, global
     where the loss is checked for divergence (reading it waits for the device, hence not every step).
     """
     model.train()
+    if ctx.after_train_mode is not None:
+        ctx.after_train_mode()
     use_aux = unwrap(model).aux1 is not None
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    per_class = torch.zeros(unwrap(model).config.num_classes, device=device, dtype=torch.int64)
     samples = steps = bad_files = 0
     interrupted = False
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
@@ -127,12 +141,13 @@ def train_one_epoch(model: nn.Module, batches: Batches, ctx: StepContext, global
         for msg in bad:
             log.warning("skipped unreadable image: %s", msg)
         for group in ctx.optimizer.param_groups:
-            group["lr"] = ctx.lr_of_step(global_step)
+            group["lr"] = ctx.lr_of_step(global_step) * group.get("lr_mult", 1.0)  # new heads may learn faster
         if len(images):
             if ctx.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             loss_sum += _step(model, images, labels, ctx, params, use_aux) * len(images)
             samples += len(images)
+            per_class += torch.bincount(labels, minlength=len(per_class))
         global_step += 1
         steps += 1
         if progress(steps, samples, loss_sum):
@@ -141,7 +156,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, ctx: StepContext, global
             interrupted = True
             break
     _check_finite(loss_sum, global_step)
-    return EpochResult(EpochTotals(float(loss_sum), samples, bad_files), steps, global_step, interrupted)
+    totals = EpochTotals(float(loss_sum), samples, bad_files, per_class.tolist())
+    return EpochResult(totals, steps, global_step, interrupted)
 
 
 def _check_finite(loss_sum: Tensor, step: int) -> None:

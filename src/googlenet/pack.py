@@ -32,8 +32,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from googlenet.config import option
-from googlenet.data import DataError, ImageFolderIndex, decode_rgb_bytes, scan_split
-from googlenet.files import replacing
+from googlenet.data import DataError, ImageFolderIndex, scan_split
+from googlenet.files import remove_stale_temporaries, replacing
+from googlenet.image_decode import decode_rgb_bytes
 
 log = logging.getLogger("googlenet")
 
@@ -108,16 +109,41 @@ def open_pack(path: Path, classes: list[str] | None = None) -> PackedIndex:
         meta = torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as e:
         raise DataError(f"{path}: unreadable pack index ({e})") from None
-    if classes is not None and list(meta["classes"]) != list(classes):
-        raise DataError(f"{path}: its {len(meta['classes'])} classes differ from the training classes")
-    n = len(meta["names"])
+    index = _index_from_meta(meta, path, offset)
+    if classes is not None and list(index.classes) != list(classes):
+        raise DataError(f"{path}: its {len(index.classes)} classes differ from the training classes")
+    return index
+
+
+def _index_from_meta(meta: object, path: Path, data_end: int) -> PackedIndex:
+    """The index a pack's metadata describes, after checking that it fits the file: a crafted or damaged index
+    must be an error here, not a training run on nothing or a crash in a loader worker."""
+    keys = ("classes", "names", "labels", "offsets", "lengths")
+    if not isinstance(meta, dict) or any(k not in meta for k in keys):
+        raise DataError(
+            f"{path}: pack index lacks {', '.join(k for k in keys if not isinstance(meta, dict) or k not in meta)}"
+        )
+    try:
+        names, classes = [str(n) for n in meta["names"]], [str(c) for c in meta["classes"]]
+        labels, offsets, lengths = (
+            np.asarray(meta[k], dtype=np.int64).reshape(-1) for k in ("labels", "offsets", "lengths")
+        )
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: malformed pack index ({e})") from None
+    n = len(names)
+    if not n or len(labels) != n or len(offsets) != n or len(lengths) != n:
+        raise DataError(f"{path}: pack index lists {n} names, {len(labels)} labels, {len(offsets)} offsets")
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise DataError(f"{path}: pack labels outside the {len(classes)} classes")
+    if offsets.min() < len(MAGIC) or lengths.min() < 1 or (offsets + lengths).max() > data_end:
+        raise DataError(f"{path}: pack index points outside the file's image data")
     return PackedIndex(
-        files=list(meta["names"]),
-        labels=meta["labels"].tolist(),
-        classes=list(meta["classes"]),
+        files=names,
+        labels=labels.tolist(),
+        classes=classes,
         path=str(path),
-        offsets=meta["offsets"].numpy(),
-        lengths=meta["lengths"].numpy(),
+        offsets=offsets,
+        lengths=lengths,
         entries=np.arange(n, dtype=np.int64),
     )
 
@@ -207,11 +233,23 @@ def prepare(
     if not splits:
         raise DataError(f"{source}: no train/ or val/ folder to pack")
     out.mkdir(parents=True, exist_ok=True)
-    reports, classes = {}, None
-    for split in splits:
-        index = scan_split(source / split, classes)
-        classes = classes or index.classes
-        reports[split] = write_pack(index, pack_path(out, split), short_side, quality, workers)
+    remove_stale_temporaries(out)
+    # All splits or none: each is written under a temporary name and renamed only when every split is whole,
+    # so a failure (or Ctrl-C) half way never leaves a new train split beside an old val split.
+    staged = {split: out / f".{split}.{os.getpid()}.tmp{SUFFIX}" for split in splits}
+    try:
+        reports, classes = {}, None
+        for split in splits:
+            index = scan_split(source / split, classes)
+            classes = classes or index.classes
+            reports[split] = write_pack(index, staged[split], short_side, quality, workers)
+        for split in splits:
+            os.replace(staged[split], pack_path(out, split))
+        for stale in {"train", "val"} - set(splits):
+            pack_path(out, stale).unlink(missing_ok=True)  # a split of an older pack would not match
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     return reports
 
 
@@ -230,6 +268,8 @@ class PrepareConfig:
 
 def run_prepare(cfg: PrepareConfig) -> int:
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; prepare writes a folder (train.gpk, val.gpk)")
     reports = prepare(Path(cfg.source), out, cfg.short_side or None, cfg.quality, cfg.workers)
     for split, r in reports.items():
         print(

@@ -6,15 +6,22 @@ before or as it is after, never half written.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from googlenet.checkpoint import link_checkpoint, save_checkpoint
-from googlenet.files import replacing
+from googlenet.config import ConfigError
+from googlenet.files import remove_stale_temporaries, replacing
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
+LOCK = ".lock"
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", LAST, BEST)
 
 
 class RunFolder:
@@ -46,6 +53,33 @@ class RunFolder:
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
 
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    @contextlib.contextmanager
+    def claim(self, resume: bool, overwrite: bool) -> Iterator[None]:
+        """Hold the folder for one training's life: refuse a finished run's folder unless resuming or told
+        to overwrite it, and refuse a second trainer while this one runs.
+
+        The lock is an ``flock`` on ``.lock``: the kernel drops it when the holder dies however it dies
+        (kill -9 included), so a stale lock never blocks the next run. Temporary files of writers that
+        were killed are removed here too.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path} is a file, not a run folder")
+        if not resume and not overwrite and self.holds_run():
+            raise ConfigError(
+                f"{self.path} holds a run already; continue it with --resume {self.path}, "
+                "start afresh with --overwrite, or choose another --out"
+            )
+        self.create()
+        with _exclusive_lock(self.path / LOCK):
+            remove_stale_temporaries(self.path)
+            if overwrite and not resume:
+                for name in RUN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+            yield
+
     def write_config(self, config: dict[str, Any]) -> None:
         _write_text(self.config_path, json.dumps(config, indent=2) + "\n")
 
@@ -74,6 +108,22 @@ class RunFolder:
 
     def mark_last_as_best(self) -> None:
         link_checkpoint(self.last, self.best)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"{path.parent} is in use by another training (process {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_text(path: Path, text: str) -> None:

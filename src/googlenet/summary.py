@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from googlenet.config import option
+from googlenet.limits import check_fits
 from googlenet.model import GoogLeNet, create_model, list_models
 
 
@@ -188,5 +189,6 @@ class SummaryConfig:
 
 
 def run_summary(cfg: SummaryConfig) -> int:
+    check_fits(cfg.model, cfg.img_size, 1, torch.device("cpu"))
     print(format_summary(create_model(cfg.model, aux_logits=cfg.aux), cfg.img_size))
     return 0

@@ -8,6 +8,7 @@ the schedule (:mod:`schedule`), the loops (:mod:`loop`), EMA (:mod:`ema`), progr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import nullcontext
@@ -20,11 +21,13 @@ from torch import nn
 
 from googlenet import config as C
 from googlenet import distributed as D
+from googlenet import finetune
 from googlenet.checkpoint import build_checkpoint, checkpoint_file, read_checkpoint
 from googlenet.config import ConfigError
 from googlenet.data import DataError
 from googlenet.devices import cpu_has_native_bf16, resolve_device
 from googlenet.ema import EMA
+from googlenet.limits import check_fits
 from googlenet.loop import EpochTotals, StepContext, evaluate, train_one_epoch
 from googlenet.model import GoogLeNet, create_model
 from googlenet.progress import Progress
@@ -49,10 +52,28 @@ class TrainState:
     partial: EpochTotals = field(default_factory=EpochTotals)
 
 
+# What may differ on --resume: how the run is executed, not what it computes. Anything else (batch size,
+# model, data, schedule, augmentation, seed...) would silently change the resumed schedule or data order.
+RESUMABLE_CHANGES = frozenset({"resume", "out", "workers", "device", "log_every", "compile", "compile_mode"})
+
+
 def resume_config(resume: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Config values of the run being resumed, with the flags given now on top."""
-    ckpt = read_checkpoint(checkpoint_file(resume, LAST))
-    return {**ckpt["config"], **overrides, "resume": resume}
+    """Config values of the run being resumed, with the flags given now on top; the run stays in the folder
+    it is resumed from (a copied or moved run never writes to its original's folder)."""
+    path = checkpoint_file(resume, LAST)
+    saved = read_checkpoint(path)["config"]
+    folder = Path(resume) if Path(resume).is_dir() else path.parent
+    if "out" in overrides and Path(overrides["out"]).resolve() != folder.resolve():
+        raise ConfigError(f"--resume continues in {folder}; drop --out {overrides['out']}")
+    if overrides.get("overwrite"):
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    if overrides.get("init"):
+        raise ConfigError("--resume restores the run's own weights; drop --init (it starts a new run from others)")
+    changed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {overrides[k]} (the run has {saved.get(k)})" for k in changed)
+        raise ConfigError(f"cannot change on --resume: {flags}; start a new run to change them")
+    return {**saved, **overrides, "resume": resume, "out": str(folder), "overwrite": False}
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict]:
@@ -67,7 +88,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the last epoch's metrics."""
     dist = D.init_distributed(cfg.device)
     try:
-        return Trainer(cfg, dist).run()
+        claim = RunFolder(cfg.out).claim(bool(cfg.resume), cfg.overwrite) if dist.is_main else nullcontext()
+        with claim:
+            return Trainer(cfg, dist).run()
     finally:
         D.shutdown(dist)
 
@@ -82,12 +105,23 @@ class Trainer:
         self.device = resolve_device(cfg.device, dist.local_rank)
         if cfg.bf16 and self.device.type == "cpu" and dist.is_main and not cpu_has_native_bf16():
             log.warning("bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated, maybe slower; try --no-bf16")
+        largest = max(s for s in (cfg.img_size, cfg.img_size_start, cfg.eval_img_size) if s)
+        check_fits(cfg.model, largest, cfg.batch_size // dist.world, self.device, "--img-size")
         self.folder = RunFolder(cfg.out)
+        resumed = read_checkpoint(checkpoint_file(cfg.resume, LAST)) if cfg.resume else None
+        self.init = finetune.read_init(cfg, resumed)  # None unless fine-tuning (--init)
+        aux_logits, why = finetune.resolve_aux_logits(cfg, self.init)
+        # The config records the choice made, so that a resumed run builds the same heads.
+        self.cfg = cfg = dataclasses.replace(cfg, aux_logits=aux_logits)
+        self._note(why)
         torch.manual_seed(cfg.seed)
-        self.data = build_train_data(cfg, self.device, dist)
+        self.data = build_train_data(cfg, self.device, dist, finetune.normalisation(self.init))
         self.model = self._build_model()
+        self.frozen_bn, why = finetune.freeze(self.model, cfg.freeze, self.new_modules)
+        self._note(why)
+        groups = param_groups(self.model, cfg.weight_decay, cfg.decay_bias_and_norm)
         self.optimizer = torch.optim.SGD(
-            param_groups(self.model, cfg.weight_decay, cfg.decay_bias_and_norm),
+            finetune.split_groups(groups, self.model, self.new_modules, cfg.head_lr_mult),
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
@@ -98,7 +132,7 @@ class Trainer:
             raise DataError(f"{len(self.data.train)} training images make no full batch of {cfg.batch_size}")
         self.state = TrainState()
         if cfg.resume:
-            self.state = self._restore(checkpoint_file(cfg.resume, LAST))
+            self.state = self._restore(checkpoint_file(cfg.resume, LAST), resumed)
         else:
             # Seed per process after building the model so all ranks start from the same weights.
             torch.manual_seed(cfg.seed + 1000 * dist.rank)
@@ -113,9 +147,17 @@ class Trainer:
             aux_logits=cfg.aux_logits,
             dropout=cfg.dropout,
             aux_dropout=cfg.aux_dropout,
+            **finetune.input_flags(self.init),
         )
+        self.new_modules, lines = finetune.start_from(model, self.init, self.data.classes)
+        for line in lines:
+            self._note(line)
         layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         return model.to(self.device, memory_format=layout)
+
+    def _note(self, line: str | None) -> None:
+        if line and self.dist.is_main:
+            log.info(line)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The module the loop trains: DDP under torchrun, compiled where asked."""
@@ -143,6 +185,7 @@ class Trainer:
                 self.cfg.channels_last,
                 self.ema,
                 stop_check(flag, self.dist, self.device),
+                after_train_mode=finetune.keep_in_eval(self.frozen_bn),
             )
             for epoch in range(self.state.epoch, self.cfg.epochs):
                 self._run_epoch(epoch, ctx, flag)
@@ -185,8 +228,12 @@ class Trainer:
 
     def _finish_epoch(self, epoch: int, size: int, done: EpochTotals, val: dict, seconds: float, t0: float) -> None:
         """Sum the epoch over all processes, then save, record and log it (main process)."""
-        sums = torch.tensor([done.loss_sum, done.samples, done.bad_files], dtype=torch.float64, device=self.device)
-        loss_sum, samples, bad_files = D.all_reduce_sum(sums, self.dist).tolist()
+        sums = torch.tensor(
+            [done.loss_sum, done.samples, done.bad_files, *done.per_class], dtype=torch.float64, device=self.device
+        )
+        loss_sum, samples, bad_files, *per_class = D.all_reduce_sum(sums, self.dist).tolist()
+        if bad_files:
+            self._check_every_class_trained(epoch, per_class)
         self.metrics = {
             "epoch": epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -214,6 +261,15 @@ class Trainer:
             f"  ({m['bad_files']} unreadable images skipped)" if m["bad_files"] else "",
         )
 
+    def _check_every_class_trained(self, epoch: int, per_class: list[float]) -> None:
+        """Unreadable files are skipped, but a class none of whose images could be read would train a model
+        that never predicts it while reporting success: refuse that, naming the class."""
+        empty = [name for name, n in zip(self.data.classes, per_class) if n == 0]
+        if len(empty) == len(self.data.classes):
+            raise DataError(f"epoch {epoch + 1}: none of its images could be read (see the warnings above)")
+        if empty:
+            raise DataError(f"epoch {epoch + 1}: no readable image of class {', '.join(map(repr, empty[:5]))}")
+
     def _save_interrupted(self, epoch: int, step: int, done: EpochTotals) -> None:
         if not self.dist.is_main:
             return
@@ -238,6 +294,7 @@ class Trainer:
             "partial": partial.to_dict() if partial is not None else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "new_modules": self.new_modules,  # the heads --init made anew, trained with --head-lr-mult
         }
         return build_checkpoint(
             model,
@@ -249,8 +306,7 @@ class Trainer:
             train_state=train_state,
         )
 
-    def _restore(self, path: Path) -> TrainState:
-        ckpt = read_checkpoint(path)
+    def _restore(self, path: Path, ckpt: dict[str, Any]) -> TrainState:
         ts = ckpt.get("train_state")
         if ts is None:
             raise ConfigError(f"{path}: holds no training state to resume (an imported or exported model?)")

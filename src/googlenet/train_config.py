@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from googlenet.batches import Augmentation
 from googlenet.config import ConfigError, option
 from googlenet.devices import DEVICE_CHOICES
+from googlenet.finetune import FREEZE_CHOICES
+from googlenet.limits import MAX_INPUT_SIZE
 from googlenet.model import MIN_INPUT_SIZE, list_models
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
@@ -20,6 +22,16 @@ class TrainConfig:
     data: str = option(
         "fashion-mnist", "'fashion-mnist', a folder with train/<class>/* and val/, or one from `googlenet prepare`"
     )
+    init: str | None = option(
+        None, "fine-tune: start from this checkpoint or run folder (its weights, normalisation, input remapping)"
+    )
+    freeze: str = option(
+        "none",
+        "with --init: keep fixed nothing, everything below fc (a linear probe), or the layers up to and "
+        "including LAYER in forward order (conv1 ... inception5b, e.g. inception4e)",
+        metavar="none|features|LAYER",
+    )
+    head_lr_mult: float = option(1.0, "with --init: learning-rate multiplier of the heads made anew")
     epochs: int = option(10, "training epochs")
     batch_size: int = option(128, "global batch size, split evenly across torchrun processes")
     img_size: int = option(32, "training crop size in px (the final size with progressive resizing)")
@@ -38,7 +50,9 @@ class TrainConfig:
     step_gamma: float = option(0.96, "step schedule: multiplier per step (paper: 0.96, i.e. -4%)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
     grad_clip: float | None = option(None, "clip the global gradient norm to this (stabilises the BN-free network)")
-    aux_logits: bool = option(True, "train with the two auxiliary classifiers")
+    aux_logits: bool | None = option(
+        None, "train with the two auxiliary classifiers (default: yes; with --init, where the source has trained ones)"
+    )
     aux_weight: float = option(0.3, "weight of each auxiliary loss (paper: 0.3)")
     dropout: float | None = option(None, "main-head dropout (default: the variant's, 0.4 paper / 0.2 bn)")
     aux_dropout: float = option(0.7, "auxiliary-head dropout (paper: 0.7)")
@@ -66,7 +80,8 @@ class TrainConfig:
         False, "folder data: workers only read files; decode (nvJPEG) and crop on the device"
     )
     out: str = option("runs/latest", "run folder")
-    resume: str | None = option(None, "checkpoint file or run folder to continue from")
+    resume: str | None = option(None, "checkpoint file or run folder to continue from (in that folder)")
+    overwrite: bool = option(False, "start afresh in a --out folder that holds a run: its files are deleted")
     train_subset: int | None = option(None, "use only this many training images (seeded choice)")
     val_subset: int | None = option(None, "use only this many validation images (seeded choice)")
     log_every: int = option(50, "steps between log lines when not on a terminal")
@@ -90,14 +105,19 @@ class TrainConfig:
             (self.aux_weight >= 0, "aux_weight must be >= 0"),
             (all(0 <= p < 1 for p in (self.dropout or 0, self.aux_dropout)), "dropout probabilities must be in [0, 1)"),
             (self.photometric >= 0, "photometric must be >= 0"),
+            (self.head_lr_mult > 0, "head_lr_mult must be > 0"),
+            (
+                self.freeze in FREEZE_CHOICES,
+                f"freeze {self.freeze!r} is not a layer of the network; valid: {', '.join(FREEZE_CHOICES)}",
+            ),
+            (self.init or self.freeze == "none", "--freeze keeps pretrained layers fixed; it needs --init"),
             (all(n is None or n >= 1 for n in (self.train_subset, self.val_subset)), "subsets must be >= 1 image"),
         ]
         for size_name in ("img_size", "img_size_start", "eval_img_size"):
             size = getattr(self, size_name)
-            if size is not None and size < MIN_INPUT_SIZE[self.model]:
-                checks.append(
-                    (False, f"{size_name} {size} is below {self.model}'s minimum {MIN_INPUT_SIZE[self.model]}")
-                )
+            low = MIN_INPUT_SIZE[self.model]
+            if size is not None and not low <= size <= MAX_INPUT_SIZE:
+                checks.append((False, f"{size_name} {size} is outside {self.model}'s range {low}-{MAX_INPUT_SIZE}"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)

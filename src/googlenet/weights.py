@@ -16,6 +16,7 @@ from torch import Tensor
 
 from googlenet.checkpoint import CheckpointError, build_checkpoint, save_checkpoint, strip_wrapper_prefixes
 from googlenet.config import option
+from googlenet.files import check_output
 from googlenet.model import GoogLeNet, create_model
 from googlenet.preprocessing import imagenet_preprocessing
 
@@ -33,7 +34,10 @@ def _class_names(num_classes: int) -> list[str]:
 
 def _save_imported(model: GoogLeNet, out: str | Path, source: str) -> None:
     classes = _class_names(model.config.num_classes)
-    save_checkpoint(out, build_checkpoint(model, classes, imagenet_preprocessing(), config={"imported_from": source}))
+    # Whether the auxiliary heads carry trained weights, which `train --init` reads (torchvision ships
+    # untrained ones, left out on import; bvlc_googlenet's were trained with the network).
+    config = {"imported_from": source, "aux_trained": model.config.aux_logits}
+    save_checkpoint(out, build_checkpoint(model, classes, imagenet_preprocessing(), config=config))
 
 
 # ------------------------------------------------------------------------------------------ torchvision
@@ -232,9 +236,12 @@ def import_caffe(path: str | Path, out: str | Path) -> GoogLeNet:
         raise CheckpointError(f"file not found: {path}")
     try:
         layers = read_caffemodel(path)
+        model = caffe_to_model(layers)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    model = caffe_to_model(layers)
+    except (struct.error, TypeError, KeyError, IndexError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+        # A crafted or damaged file: its fields have the wrong types, sizes or shapes for the parser.
+        raise CheckpointError(f"{path}: not a readable Caffe GoogLeNet ({type(e).__name__}: {e})") from None
     _save_imported(model, out, f"caffe:{path.name}")
     return model
 
@@ -252,6 +259,7 @@ class ImportConfig:
 
 
 def run_import(cfg: ImportConfig) -> int:
+    check_output(cfg.out, [cfg.file], "--out")
     model = IMPORTERS[cfg.source](cfg.file, cfg.out)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {cfg.out}: {model.config.variant}, {model.config.num_classes} classes, {params:,} parameters")
