@@ -40,21 +40,30 @@ def _subset(n: int, k: int | None, seed: int) -> Tensor | None:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 12345))[:k].sort().values
 
 
-def build_train_data(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> TrainData:
-    """The sources for ``cfg.data``: Fashion-MNIST in memory, or an image folder / pack decoded by workers."""
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def build_train_data(
+    cfg: TrainConfig, device: torch.device, dist: D.DistInfo, normalisation: Normalisation | None = None
+) -> TrainData:
+    """The sources for ``cfg.data``: Fashion-MNIST in memory, or an image folder / pack decoded by workers.
+
+    ``normalisation``: (mean, std) to use instead of the data's own, as when fine-tuning weights that were
+    trained with other constants.
+    """
     if cfg.data == "fashion-mnist":
-        return _fashion_mnist(cfg, device, dist)
-    return _image_folder(cfg, device, dist)
+        return _fashion_mnist(cfg, device, dist, normalisation or (FASHION_MNIST_MEAN, FASHION_MNIST_STD))
+    return _image_folder(cfg, device, dist, normalisation or (IMAGENET_MEAN, IMAGENET_STD))
 
 
-def _fashion_mnist(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> TrainData:
+def _fashion_mnist(cfg: TrainConfig, device: torch.device, dist: D.DistInfo, norm: Normalisation) -> TrainData:
     common = dict(seed=cfg.seed, rank=dist.rank, world=dist.world, device=device, batch_size=cfg.batch_size)
     (xtr, ytr), (xva, yva) = load_fashion_mnist("train"), load_fashion_mnist("test")
     if (s := _subset(len(xtr), cfg.train_subset, cfg.seed)) is not None:
         xtr, ytr = xtr[s], ytr[s]
     if (s := _subset(len(xva), cfg.val_subset, cfg.seed)) is not None:
         xva, yva = xva[s], yva[s]
-    mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    mean, std = norm
     train = InMemorySource(xtr, ytr, train=True, mean=mean, std=std, aug=cfg.augmentation(), **common)
     val = InMemorySource(xva, yva, train=False, mean=mean, std=std, **common)
     # Fashion-MNIST images are 28x28 grey: resized whole (no 256/224 margin), grey copied to R, G and B.
@@ -62,7 +71,7 @@ def _fashion_mnist(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> 
     return TrainData(train, val, list(FASHION_MNIST_CLASSES), pre)
 
 
-def _image_folder(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> TrainData:
+def _image_folder(cfg: TrainConfig, device: torch.device, dist: D.DistInfo, norm: Normalisation) -> TrainData:
     root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(f"--data {cfg.data!r}: not 'fashion-mnist' and not a folder")
@@ -75,8 +84,8 @@ def _image_folder(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> T
     aug = cfg.augmentation()
     folder = dict(
         batch_size=cfg.batch_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=norm[0],
+        std=norm[1],
         workers=cfg.workers,
         decode_on_device=cfg.decode_on_device,
         seed=cfg.seed,
@@ -86,5 +95,5 @@ def _image_folder(cfg: TrainConfig, device: torch.device, dist: D.DistInfo) -> T
     )
     train = FolderSource(ImageFolderDataset(train_index, folder_crop_spec(aug, True), cfg.seed), aug=aug, **folder)
     val = FolderSource(ImageFolderDataset(val_index, folder_crop_spec(aug, False), cfg.seed), **folder)
-    pre = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, cfg.eval_img_size or cfg.img_size, RESIZE_RATIO, False)
+    pre = Preprocessing(*norm, cfg.eval_img_size or cfg.img_size, RESIZE_RATIO, False)
     return TrainData(train, val, train_index.classes, pre)
