@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from googlenet import cli, create_model, open_checkpoint
-from googlenet.checkpoint import CheckpointError, save_checkpoint
+from googlenet.checkpoint import CheckpointError, LoadedModel, save_checkpoint
 from googlenet.evaluate import eval_dataset, evaluate_ensemble, multi_crop
 from googlenet.weights import caffe_layer_map, import_caffe, import_torchvision
 
@@ -120,6 +120,31 @@ def test_eval_single_crop_equals_a_manual_computation(image_folder, tmp_path):
     assert set(result.per_class) == set(classes)
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in model that gives every image the same logits."""
+
+    def __init__(self, probabilities):
+        super().__init__()
+        self.logits = torch.tensor(probabilities).log()
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_ensemble_top1_is_that_of_the_averaged_softmax_not_of_a_member(image_folder, tmp_path):
+    # Alone, member a picks class 0 and member b class 2; averaged, the ensemble picks class 1. An ensemble
+    # that used one member, or voted, would score differently on class_1's images.
+    classes = ["class_0", "class_1", "class_2"]
+    loaded = open_checkpoint(make_checkpoint(tmp_path / "a.pt", classes))
+    a = LoadedModel(FixedLogits([0.5, 0.45, 0.05]), classes, loaded.preprocessing, tmp_path / "a.pt")
+    b = LoadedModel(FixedLogits([0.05, 0.45, 0.5]), classes, loaded.preprocessing, tmp_path / "b.pt")
+    dataset = eval_dataset(str(image_folder), classes)
+    assert evaluate_ensemble([a], dataset, 1, workers=0).per_class == {"class_0": 100, "class_1": 0, "class_2": 0}
+    assert evaluate_ensemble([b], dataset, 1, workers=0).per_class == {"class_0": 0, "class_1": 0, "class_2": 100}
+    both = evaluate_ensemble([a, b], dataset, 1, workers=0)
+    assert both.per_class == {"class_0": 0, "class_1": 100, "class_2": 0} and both.models == 2
+
+
 def test_ensemble_averages_softmax_and_checks_classes(image_folder, tmp_path):
     classes = ["class_0", "class_1", "class_2"]
     a = open_checkpoint(make_checkpoint(tmp_path / "a.pt", classes, seed=1))
@@ -221,7 +246,7 @@ def test_eval_cli_writes_its_files_even_when_stdout_is_closed(image_folder, tmp_
         (["--checkpoint", "missing.pt"], "checkpoint not found"),
         (["--checkpoint", "{corrupt}"], "not a readable checkpoint"),
         (["--checkpoint", "{ckpt}", "--data", "{other_classes}"], "class folders not in the training classes"),
-        (["--checkpoint", "{ckpt}", "--img-size", "8"], "--img-size 8 is below googlenet_bn's minimum 15"),
+        (["--checkpoint", "{ckpt}", "--img-size", "8"], "--img-size 8 is outside googlenet_bn's range 15-4096 px"),
     ],
 )
 def test_eval_cli_errors_are_one_line(image_folder, tmp_path, args, message):
@@ -258,7 +283,11 @@ def test_eval_batch_size_flag_wins_over_the_default(monkeypatch):
         seen["batch_size"] = batch_size
         raise SystemExit(0)
 
-    monkeypatch.setattr(evaluate, "open_checkpoint", lambda *a, **k: SimpleNamespace(class_names=None))
+    member = SimpleNamespace(
+        class_names=None, model=SimpleNamespace(config=SimpleNamespace(variant="googlenet")), preprocessing=None
+    )
+    member.preprocessing = SimpleNamespace(img_size=32)
+    monkeypatch.setattr(evaluate, "open_checkpoint", lambda *a, **k: member)
     monkeypatch.setattr(evaluate, "eval_dataset", lambda *a, **k: None)
     monkeypatch.setattr(evaluate, "evaluate_ensemble", stop_at_evaluation)
     with pytest.raises(SystemExit):

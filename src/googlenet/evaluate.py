@@ -19,19 +19,20 @@ from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from googlenet.checkpoint import CheckpointError, LoadedModel, open_checkpoint
+from googlenet.checkpoint import CheckpointError, LoadedModel, checkpoint_file, open_checkpoint
 from googlenet.config import option
 from googlenet.data import (
     FASHION_MNIST_CLASSES,
     DataError,
     ImageFolderIndex,
-    decode_rgb_bytes,
     load_fashion_mnist,
     scan_split,
 )
 from googlenet.devices import DEVICE_CHOICES, resolve_device
-from googlenet.files import replacing
-from googlenet.model import MIN_INPUT_SIZE
+from googlenet.files import check_output, replacing
+from googlenet.image_decode import decode_rgb_bytes
+from googlenet.limits import check_fits, check_img_size
+from googlenet.onnx_model import is_onnx, open_onnx
 from googlenet.pack import open_split, pack_path
 from googlenet.preprocessing import RESIZE_RATIO, eval_crop, resize_shorter, to_grey_rgb
 
@@ -273,7 +274,8 @@ class EvalConfig:
     """What `googlenet eval` reads (flags, or a TOML file given with --config)."""
 
     checkpoint: list[str] = option(
-        help="checkpoint file or run folder (its checkpoint_best.pt); repeat for an ensemble", metavar="CKPT"
+        help="checkpoint file, run folder (its checkpoint_best.pt) or exported .onnx; repeat for an ensemble",
+        metavar="CKPT",
     )
     data: str = option("fashion-mnist", "'fashion-mnist' (its test split), a folder, or a pack folder")
     crops: int = option(1, "crops per image (paper: 144)", choices=list(CROP_COUNTS))
@@ -305,15 +307,18 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     training shows objects larger than a test crop of the same size does, so a somewhat larger test size can
     score higher (Touvron et al. 2019, "Fixing the train-test resolution discrepancy").
     """
+    if cfg.json:
+        inputs = [checkpoint_file(c) for c in cfg.checkpoint]
+        check_output(cfg.json, inputs, "--json")
+        check_output(Path(cfg.json).with_suffix(".confusion.png"), inputs, "--json's confusion plot")
     device = resolve_device(cfg.device)
     batch_size = cfg.batch_size or default_batch_size(device)
-    members = [open_checkpoint(c, device, fold_batchnorm=True) for c in cfg.checkpoint]
-    if cfg.img_size:
-        for member in members:
-            variant = member.model.config.variant
-            if cfg.img_size < MIN_INPUT_SIZE[variant]:  # before any image is read
-                raise ValueError(f"--img-size {cfg.img_size} is below {variant}'s minimum {MIN_INPUT_SIZE[variant]}")
+    members = [open_onnx(c) if is_onnx(c) else open_checkpoint(c, device, fold_batchnorm=True) for c in cfg.checkpoint]
+    for member in members:  # before any image is read
+        if cfg.img_size:
+            check_img_size(member.model.config.variant, cfg.img_size)
             member.preprocessing = member.preprocessing.with_img_size(cfg.img_size)
+        check_fits(member.model.config.variant, member.preprocessing.img_size, batch_size, device)
     dataset = eval_dataset(cfg.data, members[0].class_names)
     result = evaluate_ensemble(members, dataset, cfg.crops, batch_size, cfg.workers, device)
     # Files first: a reader that closes stdout early (`googlenet eval ... | head -n 1`) must not cost them.

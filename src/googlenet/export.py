@@ -1,16 +1,19 @@
-"""ONNX export with a dynamic batch axis, verified against onnxruntime before it returns."""
+"""ONNX export with a dynamic batch axis, verified against onnxruntime before it returns; optionally int8."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from googlenet.checkpoint import open_checkpoint
-from googlenet.config import option
-from googlenet.files import replacing
+from googlenet.checkpoint import LoadedModel, checkpoint_file, open_checkpoint
+from googlenet.config import ConfigError, option
+from googlenet.files import check_output, replacing
+from googlenet.limits import check_fits
+from googlenet.onnx_model import onnx_metadata, write_metadata
 from googlenet.preprocessing import Preprocessing, normalize
 
 
@@ -33,6 +36,7 @@ def export_onnx(
     preprocessing: Preprocessing | None = None,
     opset: int = 18,
     check: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> float:
     """Write ``model`` (eval mode) to ``path`` as ONNX with a dynamic batch axis and check it.
 
@@ -42,6 +46,7 @@ def export_onnx(
         preprocessing: where given, its normalisation is baked in: the graph then takes uint8 RGB
             [N, 3, H, W]; without it the graph takes float32 normalised RGB ("input"), as the model does.
         check: run onnxruntime on two batch sizes and compare with PyTorch.
+        metadata: written into the file's metadata_props (:func:`googlenet.onnx_model.onnx_metadata`).
 
     Returns:
         the largest absolute difference between onnxruntime and PyTorch logits (0.0 when not checked).
@@ -67,6 +72,8 @@ def export_onnx(
                 external_data=False,
             )
         program.save(tmp)
+        if metadata:
+            write_metadata(tmp, metadata)
         return verify_onnx(module, tmp, example) if check else 0.0
 
 
@@ -99,14 +106,35 @@ class ExportConfig:
     onnx: str = option(help="the ONNX file to write", metavar="OUT.onnx")
     img_size: int | None = option(None, "input height/width (default: the checkpoint's)", min=1)
     bake_preprocessing: bool = option(False, "the graph takes uint8 RGB [N, 3, H, W] and normalises it itself")
+    int8: bool = option(False, "static int8 quantisation (QDQ, per-channel), calibrated on --calibrate")
+    calibrate: str | None = option(
+        None, "calibration images for --int8: as eval's --data ('fashion-mnist' calibrates on its training split)"
+    )
+    calibration_images: int = option(500, "images for calibration and the agreement check", min=1)
+    min_agreement: float = option(
+        98.0, "--int8: the least top-1 agreement with the float model, in %, on the calibration images", min=0.0
+    )
+
+    def validate(self) -> None:
+        if self.int8 and not self.calibrate:
+            raise ConfigError("--int8 needs --calibrate DATA (images as eval's --data takes)")
+        if self.calibrate and not self.int8:
+            raise ConfigError("--calibrate is for --int8 only")
 
 
 def run_export(cfg: ExportConfig) -> int:
     """`googlenet export`: write and verify the graph, then say what input it expects."""
+    check_output(cfg.onnx, [checkpoint_file(cfg.checkpoint)], "--onnx")
     member = open_checkpoint(cfg.checkpoint)
     pre = member.preprocessing
     size = cfg.img_size or pre.img_size
-    error = export_onnx(member.model, cfg.onnx, size, preprocessing=pre if cfg.bake_preprocessing else None)
+    check_fits(member.model.config.variant, size, 2, torch.device("cpu"))  # the trace runs a batch of 2
+    metadata = onnx_metadata(member.class_names, pre, member.model.config.variant, size, cfg.bake_preprocessing)
+    if cfg.int8:
+        error = _export_int8(member, cfg, size, metadata)
+    else:
+        baked = pre if cfg.bake_preprocessing else None
+        error = export_onnx(member.model, cfg.onnx, size, preprocessing=baked, metadata=metadata)
     expects = (
         "uint8 RGB [N, 3, H, W], normalised inside the graph"
         if cfg.bake_preprocessing
@@ -114,6 +142,27 @@ def run_export(cfg: ExportConfig) -> int:
     )
     print(
         f"wrote {cfg.onnx}: input 'input' {expects}; output 'logits' [N, {len(member.class_names)}]; "
-        f"onnxruntime max |diff| {error:.2e}"
+        f"onnxruntime max |diff| {error:.2e}" + (" (float graph; int8 checked by agreement)" if cfg.int8 else "")
     )
     return 0
+
+
+def _export_int8(member: LoadedModel, cfg: ExportConfig, size: int, metadata: dict[str, str]) -> float:
+    """Export the float graph to a temporary folder, quantise it into ``cfg.onnx`` and check the agreement
+    of the two on the calibration images; below ``cfg.min_agreement`` nothing is written."""
+    from googlenet import quantize
+
+    member = replace(member, preprocessing=member.preprocessing.with_img_size(size))
+    crops = quantize.calibration_crops(member, cfg.calibrate, cfg.calibration_images)  # data errors come first
+    inputs = quantize.graph_inputs(member, crops, cfg.bake_preprocessing)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        baked = member.preprocessing if cfg.bake_preprocessing else None
+        error = export_onnx(member.model, float_path, size, preprocessing=baked, metadata=metadata)
+        with replacing(cfg.onnx) as out:
+            quantize.quantize_int8(float_path, out, inputs)
+            agreement = quantize.agreement(float_path, out, inputs)
+            print(f"int8 top-1 agreement with the float model: {agreement:.2f}% of {len(inputs)} calibration images")
+            quantize.check_agreement(agreement, cfg.min_agreement, len(inputs))
+            write_metadata(out, metadata)
+    return error

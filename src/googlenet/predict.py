@@ -13,8 +13,11 @@ from torch import Tensor
 
 from googlenet.checkpoint import LoadedModel, open_checkpoint
 from googlenet.config import option
-from googlenet.data import IMAGE_EXTENSIONS, decode_rgb
+from googlenet.data import IMAGE_EXTENSIONS
 from googlenet.devices import DEVICE_CHOICES, resolve_device
+from googlenet.image_decode import decode_rgb
+from googlenet.limits import check_fits
+from googlenet.onnx_model import is_onnx, open_onnx
 
 
 @dataclass
@@ -72,7 +75,7 @@ def predict(
 class PredictConfig:
     """What `googlenet predict` reads (flags, or a TOML file given with --config)."""
 
-    checkpoint: str = option(help="checkpoint file or run folder", metavar="CKPT")
+    checkpoint: str = option(help="checkpoint file, run folder or exported .onnx", metavar="CKPT")
     paths: list[str] = option(help="image files and folders of images", positional=True, metavar="PATH")
     top_k: int = option(5, "classes to print per image", min=1)
     json: bool = option(False, "one JSON object per line")
@@ -83,7 +86,11 @@ class PredictConfig:
 def run_predict(cfg: PredictConfig) -> int:
     """`googlenet predict`: one line per image; unreadable files named on stderr, then exit status 1."""
     device = resolve_device(cfg.device)
-    member = open_checkpoint(cfg.checkpoint, device, fold_batchnorm=True)
+    if is_onnx(cfg.checkpoint):
+        member = open_onnx(cfg.checkpoint)
+    else:
+        member = open_checkpoint(cfg.checkpoint, device, fold_batchnorm=True)
+    check_fits(member.model.config.variant, member.preprocessing.img_size, cfg.batch_size, device)
     failed = 0
     for pred in predict(member, cfg.paths, cfg.top_k, cfg.batch_size, device):
         if pred.error:
