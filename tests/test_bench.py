@@ -26,10 +26,10 @@ def test_bench_quick_mode(script, min_rows):
 
 
 @pytest.mark.slow
-def test_gpu_session_script_quick_mode(tmp_path):
+def test_gpu_suite_script_quick_mode(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e", "fm_googlenet", "model_speed", "step_overhead"],
+        ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", "e2e", "fm_googlenet", "model_speed", "step_overhead"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -39,7 +39,7 @@ def test_gpu_session_script_quick_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "fm_googlenet" / "metrics.jsonl").is_file()
     assert (tmp_path / "fm_googlenet" / "eval_1crop.json").is_file()
-    assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation: too large to bring back
+    assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation unless FM_KEEP=1
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
     overhead = (tmp_path / "step_overhead.md").read_text()
@@ -47,28 +47,28 @@ def test_gpu_session_script_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_session_script_continues_a_kept_run(tmp_path):
+def test_gpu_suite_script_continues_a_kept_run(tmp_path):
     """FM_KEEP=1 keeps the checkpoint, and the next call continues that run instead of starting over."""
 
     def call(**extra):
         env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "FM_KEEP": "1", **extra}
-        args = ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "fm_googlenet"]
+        args = ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", "fm_googlenet"]
         result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
 
     run = tmp_path / "fm_googlenet"
     call()
     assert (run / "checkpoint_last.pt").is_file()
-    call(FM_ARGS="--epochs 2")  # the second call's flags still win over the resumed run's config
+    call()  # the run is complete: resumed, it has nothing left to do, and it is not started over
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]
+    assert epochs == [1]
     assert "resuming from" in (tmp_path / "fm_googlenet.log").read_text()
 
 
-def test_gpu_session_script_rejects_an_unknown_phase(tmp_path):
+def test_gpu_suite_script_rejects_an_unknown_phase(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     result = subprocess.run(
-        ["bash", str(ROOT / "bench/gpu_session.sh"), "--quick", "e2e_typo"],
+        ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", "e2e_typo"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -76,3 +76,26 @@ def test_gpu_session_script_rejects_an_unknown_phase(tmp_path):
         env=env,
     )
     assert result.returncode == 2 and "unknown phase: e2e_typo" in result.stderr
+
+
+@pytest.mark.slow
+def test_transfer_script_quick_mode(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench/transfer.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--variants",
+            "googlenet_bn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())["googlenet_bn"]
+    assert set(results) == {"pretrain", "scratch", "finetune", "linear-probe", "features+logreg"}
+    assert "init: loaded" in (tmp_path / "googlenet_bn" / "finetune.log").read_text()

@@ -2,6 +2,7 @@
 
 from googlenet.checkpoint import load_checkpoint, open_checkpoint
 from googlenet.evaluate import multi_crop
+from googlenet.features import extract_features
 from googlenet.model import (
     MIN_INPUT_SIZE,
     GoogLeNet,
@@ -19,6 +20,7 @@ __all__ = [
     "GoogLeNetConfig",
     "GoogLeNetOutputs",
     "create_model",
+    "extract_features",
     "list_models",
     "load_checkpoint",
     "multi_crop",

@@ -1,4 +1,5 @@
-"""The `googlenet` command: summary, train, prepare, eval, predict, export, import.
+"""The `googlenet` command: summary, train, prepare, eval, predict, features, export, serve, import,
+dream, visualize, explain.
 
 Every command reads one typed config (a dataclass in the command's module): its fields are the command's
 flags, and ``--config FILE.toml`` supplies any of them from a file (flags win; unknown keys are errors).
@@ -17,12 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from googlenet import config as C
+from googlenet.dream import DreamConfig, run_dream
 from googlenet.evaluate import EvalConfig, run_eval
+from googlenet.explain import ExplainConfig, run_explain
 from googlenet.export import ExportConfig, run_export
+from googlenet.features import FeaturesConfig, run_features
 from googlenet.pack import PrepareConfig, run_prepare
 from googlenet.predict import PredictConfig, run_predict
+from googlenet.serve import ServeConfig, run_serve
 from googlenet.summary import SummaryConfig, run_summary
 from googlenet.train_config import TrainConfig
+from googlenet.visualize import VisualizeConfig, run_visualize
 from googlenet.weights import ImportConfig, run_import
 
 log = logging.getLogger("googlenet")
@@ -62,9 +68,30 @@ COMMANDS = {
     ),
     "eval": Command("top-1/top-5 with 1, 10 or 144 crops; several checkpoints = an ensemble", EvalConfig, _run_eval),
     "predict": Command("top-k classes for images or folders of images", PredictConfig, run_predict),
-    "export": Command("ONNX with a dynamic batch axis, checked against onnxruntime", ExportConfig, run_export),
+    "features": Command(
+        "one vector per image from pool5 or any layer, to .npz, .safetensors or .h5", FeaturesConfig, run_features
+    ),
+    "export": Command(
+        "ONNX with a dynamic batch axis, checked against onnxruntime; --int8: quantised, calibrated",
+        ExportConfig,
+        run_export,
+    ),
+    "serve": Command(
+        "an HTTP API and web page for a checkpoint or .onnx (127.0.0.1 by default)", ServeConfig, run_serve
+    ),
     "import": Command(
         "published weights into a checkpoint: torchvision .pth or Caffe .caffemodel", ImportConfig, run_import
+    ),
+    "dream": Command("DeepDream an image on a layer (octaves, jitter), to PNG", DreamConfig, run_dream),
+    "visualize": Command(
+        "feature visualisation of a channel, neuron or direction (Fourier parameterisation), to PNG",
+        VisualizeConfig,
+        run_visualize,
+    ),
+    "explain": Command(
+        "Grad-CAM, integrated gradients or saliency over an image, with the top-5 classes, to PNG",
+        ExplainConfig,
+        run_explain,
     ),
 }
 
@@ -102,7 +129,15 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from googlenet.data import DataError
     from googlenet.loop import TrainingDiverged
 
-    return (C.ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError)
+    # OSError: a path that cannot be read or written (permissions, a full disk); MemoryError: an allocation
+    # the limits below did not foresee. Each is the user's to fix, so one line, not a traceback.
+    return (C.ConfigError, DataError, CheckpointError, TrainingDiverged, OSError, ValueError, MemoryError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a library's message may span several); its type where it has none."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         # stdout goes to devnull so that the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("googlenet: interrupted; outputs not completed were not written", file=sys.stderr)
+        return 130
     except _expected_errors() as e:
         if getattr(args, "debug", False):
             raise
-        print(f"googlenet: error: {e}", file=sys.stderr)
+        print(f"googlenet: error: {one_line(e)}", file=sys.stderr)
         return 1
 
 
