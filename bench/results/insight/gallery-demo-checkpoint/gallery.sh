@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 set -x
-cd /work/main
+cd "$(dirname "$0")/../../../.."   # the repository root
 G=.venv/bin/googlenet; C=runs/demo-googlenet/checkpoint_last.pt; D=docs/gallery; L=bench/out/gallery-logs; mkdir -p $L
 .venv/bin/python - <<'PY'
 import torch
