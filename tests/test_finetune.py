@@ -297,3 +297,113 @@ def test_finetune_recipe_runs_with_init(folder, tmp_path):
     assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"])
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert [g["lr_mult"] for g in ckpt["train_state"]["optimizer"]["param_groups"]] == [1.0, 1.0, 10.0, 10.0]
+
+
+def _source_with_live_activations(kind, tmp_path):
+    """An imported checkpoint whose activations neither vanish nor explode (random weights at their default
+    scale shrink a 224 px signal to ~1e-11 by pool5, which would hide any input mistake): He-scaled Caffe
+    blobs; torchvision's weights with BatchNorm statistics measured on random input."""
+    torch.manual_seed(0)
+    if kind == "caffe":
+        blobs = {
+            name: [torch.randn_like(w) * math.sqrt(2 / w[0].numel()), torch.zeros_like(b)]
+            for name, (w, b) in random_caffe_blobs(num_classes=10).items()
+        }
+        write_caffemodel(tmp_path / "bvlc.caffemodel", blobs, modern=True)
+        import_caffe(tmp_path / "bvlc.caffemodel", tmp_path / "src.pt")
+        return tmp_path / "src.pt"
+    tv = torchvision.models.googlenet(
+        weights=None, num_classes=10, aux_logits=True, init_weights=True, transform_input=True
+    )
+    for m in tv.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average over the batches below
+    with torch.no_grad():
+        tv.train()
+        for _ in range(3):
+            tv(torch.randn(8, 3, 64, 64))
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    import_torchvision(tmp_path / "tv.pth", tmp_path / "src.pt")
+    return tmp_path / "src.pt"
+
+
+def _by_hand(path, size):
+    """The image as a user would prepare it for ImageNet weights, with libraries only: PIL, torchvision's
+    resize and crop, and ImageNet's published mean and standard deviation typed in."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    with Image.open(path) as im:
+        x = TF.pil_to_tensor(im.convert("RGB"))
+    x = TF.center_crop(TF.resize(x, [round(size * 256 / 224)], antialias=True), [size, size]).float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    return ((x - mean.view(3, 1, 1)) / std.view(3, 1, 1)).unsqueeze(0)
+
+
+@pytest.mark.parametrize(
+    "kind, variant, flags",
+    [("torchvision", "googlenet_bn", {"transform_input": True}), ("caffe", "googlenet", {"caffe_input": True})],
+)
+def test_imported_weights_see_the_same_input_at_every_step(folder, tmp_path, capsys, kind, variant, flags):
+    """import -> train --init --freeze features -> predict, eval, export, features: each step's output equals
+    the reference model (built by hand with the source's input remapping) fed by hand."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from googlenet import cli
+
+    run, size = tmp_path / "run", 64
+    source = _source_with_live_activations(kind, tmp_path)
+    assert cli.main(["train", "--init", str(source), "--model", variant, "--freeze", "features",
+                     "--data", str(folder), "--out", str(run), "--epochs", "1", "--img-size", str(size),
+                     "--batch-size", "8", "--workers", "0", "--lr", "0.01"]) == 0  # fmt: skip
+    ckpt = run / "checkpoint_last.pt"
+    reference = create_model(variant, num_classes=3, aux_logits=False, **flags).eval()
+    weights = read_checkpoint(ckpt)["model"]
+    reference.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("aux1.", "aux2."))})
+    images = sorted((folder / "val").rglob("*.JPEG"))
+    with torch.no_grad():
+        x = torch.cat([_by_hand(p, size) for p in images])
+        logits = reference(x)
+        pooled = torch.flatten(reference.avgpool(reference.forward_features(x[:1], False)[0]), 1)
+    capsys.readouterr()
+
+    assert cli.main(["predict", "--checkpoint", str(ckpt), str(images[0]), "--json", "--top-k", "3"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["top_k"]
+    expected = logits[0].softmax(0)
+    for item in predicted:
+        name = item["class"]
+        assert item["probability"] == pytest.approx(
+            float(expected[["class_0", "class_1", "class_2"].index(name)]), abs=2e-3
+        )
+
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(folder),
+                "--workers",
+                "0",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
+    labels = torch.tensor([int(p.parent.name[-1]) for p in images])
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(
+        100 * float((logits.argmax(1) == labels).float().mean())
+    )
+
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    (onnx_logits,) = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(onnx_logits, logits.numpy(), rtol=1e-3, atol=1e-3)
+
+    assert cli.main(["features", "--checkpoint", str(ckpt), str(images[0]), "--out", str(tmp_path / "f.npz")]) == 0
+    assert pooled.abs().max() > 0.1  # activations that carry the input, so a wrong remapping shows
+    np.testing.assert_allclose(np.load(tmp_path / "f.npz")["features"], pooled.numpy(), rtol=1e-3, atol=1e-3)
