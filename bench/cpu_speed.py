@@ -138,7 +138,7 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
         model = create_model(name, aux_logits=False).eval()
         onnx_path = tmp / f"{name}.onnx"
         export_onnx(model, onnx_path, size)
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        runner = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         # What `googlenet predict` and `googlenet eval` run: channels_last weights and inputs, and for
         # googlenet_bn BatchNorm folded into the convolutions.
         x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -154,9 +154,9 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
         with torch.inference_mode():
             ref = model(x)
             diffs = [(m(xx) - ref).abs().max().item() for _, m, xx in variants]
-            diffs.append((torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - ref).abs().max().item())
+            diffs.append((torch.from_numpy(runner.run(None, {"input": x.numpy()})[0]) - ref).abs().max().item())
             fns = [lambda _, m=m, xx=xx: m(xx) for _, m, xx in variants]
-            fns.append(lambda _, s=session: s.run(None, {"input": x.numpy()}))
+            fns.append(lambda _, s=runner: s.run(None, {"input": x.numpy()}))
             speeds = [r * batch for r in rates(fns, [None], reps)]
         rows += list(zip(labels, speeds, diffs))
     return rows

@@ -67,10 +67,10 @@ def load(url: str, image: bytes, clients: int, seconds: float) -> dict[str, floa
     deadline = time.monotonic() + seconds
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as session:
+        with httpx.Client(base_url=url, timeout=60) as client:
             while time.monotonic() < deadline:
                 start = time.perf_counter()
-                ok = session.post("/predict", content=image).status_code == 200
+                ok = client.post("/predict", content=image).status_code == 200
                 took = time.perf_counter() - start
                 with lock:
                     if ok:

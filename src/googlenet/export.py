@@ -81,14 +81,14 @@ def verify_onnx(module: nn.Module, onnx_path: str | Path, example: Tensor, tol: 
     """Compare onnxruntime with PyTorch on batches of 1 and 3; raise if they differ by more than ``tol``."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    runner = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for n in (1, 3):
         x = example[:1].repeat(n, 1, 1, 1)
         x = x + torch.arange(n).view(-1, 1, 1, 1).to(x.dtype)  # distinct samples
         with torch.no_grad():
             expected = module(x).numpy()
-        (got,) = session.run(None, {"input": x.numpy()})
+        (got,) = runner.run(None, {"input": x.numpy()})
         if got.shape != expected.shape:
             raise RuntimeError(f"onnxruntime output shape {got.shape} != PyTorch {expected.shape}")
         worst = max(worst, float(abs(got - expected).max()))

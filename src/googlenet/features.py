@@ -85,8 +85,9 @@ class _Reached(Exception):
     """Raised by the hook once the layer's output is kept: the rest of the network is not computed."""
 
 
-def _layer_vectors(model: nn.Module, target: nn.Module, with_aux: bool, x: Tensor) -> Tensor:
-    """The target's output for input ``x``, averaged over H and W: float32 [N, D] on the input's device."""
+def forward_to(model: nn.Module, target: nn.Module, with_aux: bool, x: Tensor) -> Tensor:
+    """The output of ``target`` (a module of ``model``) for input ``x``; the forward pass stops there, so the
+    layers after it cost nothing. Gradients flow where ``x`` has them."""
     kept: list[Tensor] = []
 
     def keep(_module: nn.Module, _inputs: object, output: Tensor) -> None:
@@ -102,7 +103,12 @@ def _layer_vectors(model: nn.Module, target: nn.Module, with_aux: bool, x: Tenso
         handle.remove()
     if not kept:
         raise ValueError("the layer did not run in the forward pass")
-    out = kept[0].float()
+    return kept[0]
+
+
+def _layer_vectors(model: nn.Module, target: nn.Module, with_aux: bool, x: Tensor) -> Tensor:
+    """The target's output for input ``x``, averaged over H and W: float32 [N, D] on the input's device."""
+    out = forward_to(model, target, with_aux, x).float()
     return out.mean(dim=(2, 3)) if out.dim() == 4 else out.flatten(1)
 
 

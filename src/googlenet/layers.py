@@ -13,7 +13,7 @@ from functools import cache
 
 from torch import Tensor, nn
 
-from googlenet.features import POOL5, hook_target
+from googlenet.features import POOL5, forward_to, hook_target
 from googlenet.weights import caffe_layer_map
 
 # Blobs of bvlc_googlenet that hold no weights, so caffe_layer_map does not list them.
@@ -73,10 +73,6 @@ def resolve_layer(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
     return hook_target(model, module_name(model, layer))
 
 
-class _Reached(Exception):
-    """Raised by the hook once the layer's output is kept: the rest of the network is not computed."""
-
-
 def layer_output(model: nn.Module, layer: str, x: Tensor) -> Tensor:
     """The output of ``layer`` for input ``x``, with gradients when ``x`` has them; pool5 as [N, 1024].
 
@@ -84,19 +80,5 @@ def layer_output(model: nn.Module, layer: str, x: Tensor) -> Tensor:
     visualisation run it hundreds of times).
     """
     target, with_aux = resolve_layer(model, layer)
-    kept: list[Tensor] = []
-
-    def keep(_module: nn.Module, _inputs: object, output: Tensor) -> None:
-        kept.append(output)
-        raise _Reached
-
-    handle = target.register_forward_hook(keep)
-    try:
-        model(x, with_aux=True) if with_aux else model(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not kept:
-        raise ValueError(f"layer {layer!r} did not run in the forward pass")
-    return kept[0].flatten(1) if module_name(model, layer) == POOL5 else kept[0]
+    output = forward_to(model, target, with_aux, x)
+    return output.flatten(1) if module_name(model, layer) == POOL5 else output

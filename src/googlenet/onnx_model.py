@@ -2,7 +2,7 @@
 
 Every `googlenet export` writes what a reader needs into the file's metadata (``metadata_props``): the class
 names, the :class:`~googlenet.preprocessing.Preprocessing`, the variant, the input size and whether the
-normalisation is inside the graph. :func:`open_onnx` reads them back and wraps an onnxruntime session (CPU)
+normalisation is inside the graph. :func:`open_onnx` reads them back and wraps an onnxruntime runner (CPU)
 in a callable with the model's interface: normalised float [N, 3, S, S] in, logits out.
 """
 
@@ -64,15 +64,15 @@ class OnnxConfig:
 
 
 class OnnxModel:
-    """An onnxruntime session with the model's interface: normalised float [N, 3, S, S] -> logits [N, K].
+    """An onnxruntime inference runner with the model's interface: normalised float [N, 3, S, S] -> logits [N, K].
 
     A graph with the normalisation baked in takes uint8 pixels; the input is mapped back to them (exact up
     to rounding, as the normalised values came from uint8 crops).
     """
 
-    def __init__(self, session: Any, config: OnnxConfig, preprocessing: Preprocessing, baked: bool) -> None:
-        self.session, self.config, self.preprocessing, self.baked = session, config, preprocessing, baked
-        self.input_name = session.get_inputs()[0].name
+    def __init__(self, runner: Any, config: OnnxConfig, preprocessing: Preprocessing, baked: bool) -> None:
+        self.runner, self.config, self.preprocessing, self.baked = runner, config, preprocessing, baked
+        self.input_name = runner.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Tensor:
         size = self.preprocessing.img_size
@@ -84,7 +84,7 @@ class OnnxModel:
             std = torch.tensor(self.preprocessing.std).view(1, -1, 1, 1)
             x = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
         feed = np.ascontiguousarray(x.numpy())
-        (logits,) = self.session.run(None, {self.input_name: feed})
+        (logits,) = self.runner.run(None, {self.input_name: feed})
         return torch.from_numpy(logits)
 
 
@@ -126,8 +126,8 @@ def open_onnx(path: str | Path, threads: int = 0) -> LoadedModel:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runner = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise CheckpointError(f"{path}: onnxruntime cannot load it ({' '.join(str(e).split())[:200]})") from None
-    model = OnnxModel(session, OnnxConfig(meta["variant"], len(names)), pre, baked)
+    model = OnnxModel(runner, OnnxConfig(meta["variant"], len(names)), pre, baked)
     return LoadedModel(model, list(names), pre, path)  # type: ignore[arg-type]

@@ -66,9 +66,9 @@ def top1(onnx_path: str | Path, inputs: np.ndarray) -> np.ndarray:
     """The top-1 class of each input under onnxruntime (CPU)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: batch})[0].argmax(axis=1) for batch in _batches(inputs)])
+    runner = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = runner.get_inputs()[0].name
+    return np.concatenate([runner.run(None, {name: batch})[0].argmax(axis=1) for batch in _batches(inputs)])
 
 
 def quantize_int8(float_path: str | Path, int8_path: str | Path, inputs: np.ndarray) -> None:
