@@ -42,3 +42,27 @@ def test_serve_load_quick_mode(tiny):
     rows = run_script(ROOT / "bench/serve_load.py", "--checkpoint", ckpt)
     assert len(rows) == 3 and rows[1].startswith("| 1 |") and rows[2].startswith("| 8 |")
     assert all(row.rstrip(" |").endswith("| 0") for row in rows[1:])  # no failed request
+
+
+@pytest.mark.slow
+def test_onnx_op_profile_quick_mode(tiny):
+    ckpt, data = tiny
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench/onnx_op_profile.py"),
+            "--checkpoint",
+            str(ckpt),
+            "--calibrate",
+            data,
+            "--quick",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    float_part, int8_part = result.stdout.split("## int8")
+    assert "## float" in float_part and " Conv " in float_part.split("kernel time:")[1]
+    assert "QLinearConv" in int8_part  # the int8 graph's convolutions run as int8 kernels

@@ -223,8 +223,11 @@ def test_dropout_defaults_follow_each_variant():
 def test_lrn_equals_pytorchs_local_response_norm_forward_and_backward(channels):
     from googlenet.model import LocalResponseNorm
 
-    for size in (5, 4):  # odd and even windows pad differently
-        ref, ours = torch.nn.LocalResponseNorm(size, 1e-4, 0.75, 2.0), LocalResponseNorm(size, 1e-4, 0.75, 2.0)
+    # odd and even windows pad differently; the paper's beta takes the square-root path, 0.6 the general one;
+    # a band built once for the channel count (as the model's are) must equal the one built per call.
+    for size, beta, known in [(5, 0.75, None), (4, 0.75, None), (5, 0.6, None), (5, 0.75, channels)]:
+        ref = torch.nn.LocalResponseNorm(size, 1e-4, beta, 2.0)
+        ours = LocalResponseNorm(size, 1e-4, beta, 2.0, channels=known)
         x = (torch.randn(2, channels, 6, 7, dtype=torch.float64) * 40).requires_grad_()
         y_ref, y = ref(x), ours(x)
         torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
