@@ -1,18 +1,19 @@
 """Seeing inside the network: layer names, DeepDream, feature visualisation, attribution maps."""
 
+import contextlib
 import copy
 from pathlib import Path
 
 import pytest
 import torch
 
-from googlenet import cli
+from googlenet import cli, visualize
 from googlenet.checkpoint import LoadedModel
 from googlenet.dream import deep_dream, model_input
 from googlenet.layers import caffe_names, layer_output, module_name, resolve_layer
 from googlenet.model import create_model
 from googlenet.preprocessing import Preprocessing
-from googlenet.visualize import parse_channels, visualize_channel
+from googlenet.visualize import RedirectedReLU, parse_channels, visualize_channel
 
 from .conftest import class_image, write_image
 from .test_tools import make_checkpoint
@@ -108,6 +109,39 @@ def test_visualisation_drives_its_channel_far_above_natural_and_noise_images(pap
     assert mine[channel] > 10 * others[:, channel].mean()
     assert mine[channel] > others[:, channel].max()
     assert (mine[channel] > mine).float().mean() > 0.6  # above most of the layer's other channels
+
+
+def test_redirected_relu_is_relu_forward_and_moves_only_stuck_images():
+    x = torch.tensor([[[-1.0, 2.0, -3.0]], [[-1.0, -2.0, -3.0]]], requires_grad=True)  # image 1: all negative
+    y = RedirectedReLU.apply(x)
+    assert torch.equal(y, x.clamp_min(0))
+    grad = torch.tensor([[[-1.0, -1.0, 1.0]], [[-1.0, 1.0, -2.0]]])
+    (g,) = torch.autograd.grad(y, x, grad)
+    # Image 0 has an ordinary gradient (at its positive input): exactly ReLU's. Image 1 has none: the
+    # gradient passes where descent raises a negative input (grad < 0), not where it would lower it.
+    assert torch.equal(g[0], torch.tensor([[0.0, -1.0, 0.0]]))
+    assert torch.equal(g[1], torch.tensor([[-1.0, 0.0, -2.0]]))
+
+
+def test_visualisation_moves_a_channel_the_starting_image_leaves_at_zero(paper_model, monkeypatch):
+    # Shift one channel's bias so that the starting image and its jittered copies leave it below
+    # zero: the ordinary ReLU gradient is zero there, so only the redirected gradient can move the image.
+    model = copy.deepcopy(paper_model)
+    conv = model.inception3b.branch1.conv
+    start = visualize.optimise_images(model, PRE, "inception3b", visualize.channel_objective([0]), size=64, steps=0)
+    with torch.no_grad():
+        pre_activation = conv(layer_output(model, "inception3a", model_input(start, PRE)))[0, 0]
+        conv.bias[0] -= pre_activation.max() + 5 * pre_activation.std()  # jittered copies stay below zero too
+
+    def channel_mean(image):
+        with torch.no_grad():
+            return layer_output(model, "inception3b", model_input(image[None].float() / 255, PRE))[0, 0].mean()
+
+    image = visualize_channel(model, "inception3b", 0, size=64, steps=24, seed=0, preprocessing=PRE)
+    assert channel_mean(image) > 0
+    monkeypatch.setattr(visualize, "redirected_relus", lambda model: contextlib.nullcontext())
+    image = visualize_channel(model, "inception3b", 0, size=64, steps=24, seed=0, preprocessing=PRE)
+    assert channel_mean(image) == 0  # the ordinary gradient left it where it started
 
 
 def test_visualisation_is_reproducible(paper_model):

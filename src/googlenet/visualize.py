@@ -6,14 +6,18 @@ frequency is equally easy to change, and colours through the square root of Imag
 matrix), mapped to [0, 1] by a sigmoid, randomly padded, shifted, scaled and rotated before every forward
 pass (transformation robustness: without it the optimum is high-frequency noise), and optimised with Adam
 to maximise a channel's mean activation, one neuron (the channel at the centre position), or a direction
-in the layer's activation space.
+in the layer's activation space. As in Lucid, every ReLU's gradient is redirected while an image's gradient
+through it is zero everywhere: a channel that no input of the starting image activates would otherwise get
+no gradient and stay the grey start.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MethodType
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from googlenet.devices import DEVICE_CHOICES, resolve_device
 from googlenet.dream import model_input
 from googlenet.files import check_output
 from googlenet.layers import layer_output, module_name
+from googlenet.model import BasicConv2d
 from googlenet.preprocessing import Preprocessing
 
 # Lucid's square root of ImageNet's RGB colour correlation matrix (columns: decorrelated components).
@@ -66,6 +71,59 @@ def _transform(images: Tensor, g: torch.Generator) -> Tensor:
     return F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+class RedirectedReLU(torch.autograd.Function):
+    """ReLU whose backward lets the gradient through negative inputs where it would raise them, for each image
+    whose ordinary ReLU gradient is zero everywhere (Lucid's ``redirected_relu_grad``). Images with any
+    ordinary gradient get exactly the ordinary one, so this only moves images that would otherwise be stuck."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # what ReLU's own backward computes
+        stuck = relu_grad.flatten(1).abs().amax(dim=1) == 0
+        if not stuck.any():  # the usual case once the images respond: nothing more to compute
+            return relu_grad
+        # The loss is minimised: a positive gradient would push an already negative input lower.
+        redirected = grad.masked_fill((x < 0) & (grad > 0), 0)
+        return torch.where(stuck.view(-1, *[1] * (x.dim() - 1)), redirected, relu_grad)
+
+
+def _redirected_forward(self: BasicConv2d, x: Tensor) -> Tensor:
+    x = self.conv(x)
+    return RedirectedReLU.apply(x if self.bn is None else self.bn(x))
+
+
+@contextmanager
+def image_gradients_only(model: nn.Module) -> Iterator[None]:
+    """No weight gradients to compute while only the image is optimised; the weights' flags come back after."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@contextmanager
+def redirected_relus(model: nn.Module) -> Iterator[None]:
+    """Every conv layer of ``model`` applies :class:`RedirectedReLU` inside the block (instance-level forward)."""
+    convs = [m for m in model.modules() if isinstance(m, BasicConv2d)]
+    for m in convs:
+        m.forward = MethodType(_redirected_forward, m)
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
+
+
 def optimise_images(
     model: nn.Module,
     pre: Preprocessing,
@@ -84,11 +142,7 @@ def optimise_images(
     spectrum = spectrum.to(device).requires_grad_(True)
     scale = _spectrum_scale(size, size).to(device)
     optimiser = torch.optim.Adam([spectrum], lr=lr)
-    model.eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)  # gradients only for the image: no weight gradients to compute
-    try:
+    with image_gradients_only(model.eval()), redirected_relus(model):
         for _ in range(steps):
             pixels = _transform(fourier_image(spectrum, scale, size), g)
             act = layer_output(model, layer, model_input(pixels, pre)).float()
@@ -96,9 +150,6 @@ def optimise_images(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
     with torch.no_grad():
         return fourier_image(spectrum, scale, size)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 set -x
 cd "$(dirname "$0")/../../../.."   # the repository root
-G=.venv/bin/googlenet; C=runs/demo-googlenet/checkpoint_last.pt; D=docs/gallery; L=bench/out/gallery-logs; mkdir -p $L
+G=.venv/bin/googlenet; C=runs/demo/checkpoint_last.pt; D=docs/gallery; L=bench/out/gallery-logs; mkdir -p $L
 .venv/bin/python - <<'PY'
 import torch
 from torchvision.io import encode_png
