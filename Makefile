@@ -24,13 +24,12 @@ data:
 		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) && echo "installed dataset-fashion-mnist"; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set GOOGLENET_DATA to a folder with its idx files"; fi
 
-# The CPU Fashion-MNIST recipe shortened to 3 epochs on 30,000 training images at 32 px (about 3 minutes of
-# training on 2 CPU cores); prints the test accuracy. bf16 autocast where the CPU has bf16 instructions
-# (faster there: bench/results/speed/cpu-2core-train-bf16), float32 elsewhere.
+# The `demo` recipe: googlenet_bn on Fashion-MNIST at its own 28 px, 2 epochs (a few minutes on 2 CPU cores);
+# prints the test accuracy. bf16 autocast where the CPU has bf16 instructions, float32 elsewhere. Each run
+# replaces the last one in runs/demo.
 NATIVE_BF16 = $$($(BIN)/python -c 'from googlenet.devices import cpu_has_native_bf16 as n; print("--bf16" if n() else "--no-bf16")')
 demo: setup data
-	$(BIN)/googlenet train --config fashion-mnist-cpu --img-size 32 --batch-size 128 --lr 0.05 --epochs 3 \
-		--warmup-epochs 0.5 --train-subset 30000 $(NATIVE_BF16) --out runs/demo
+	$(BIN)/googlenet train --config demo $(NATIVE_BF16) --out runs/demo --overwrite
 
 test: setup data
 	$(BIN)/ruff check src tests bench

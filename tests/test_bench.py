@@ -99,3 +99,25 @@ def test_transfer_script_quick_mode(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())["googlenet_bn"]
     assert set(results) == {"pretrain", "scratch", "finetune", "linear-probe", "features+logreg"}
     assert "init: loaded" in (tmp_path / "googlenet_bn" / "finetune.log").read_text()
+
+
+def test_time_to_accuracy_sums_epoch_wall_times(tmp_path):
+    runs = []
+    for name, epochs in (("a", [(60, 80.0), (120, 85.5)]), ("b", [(30, 70.0), (30, 75.0), (30, 90.25)])):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [json.dumps({"epoch": i + 1, "wall_s": s, "val_top1": t}) for i, (s, t) in enumerate(epochs)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        runs.append(f"{name.upper()}={folder}")
+    out = tmp_path / "curve.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench/time_to_accuracy.py"), "--out", str(out), *runs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "| A | 3.0 | 85.50% |" in result.stdout  # 60 s + 120 s
+    assert "| B | 1.5 | 90.25% |" in result.stdout  # three epochs of 30 s: the last epoch's accuracy
