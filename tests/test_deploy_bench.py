@@ -19,12 +19,19 @@ def tiny(tmp_path_factory):
     return decisive_checkpoint(root / "a.pt"), data
 
 
-def run_script(*args, timeout=300):
+def run_quick(*args, timeout=300) -> str:
+    """A bench script's standard output in --quick mode; it must exit 0."""
     result = subprocess.run(
         [sys.executable, *map(str, args), "--quick"], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return result.stdout
+
+
+def run_script(*args, timeout=300):
+    """The markdown table rows (header included, separator not) a bench script prints in --quick mode."""
+    lines = run_quick(*args, timeout=timeout).splitlines()
+    return [line for line in lines if line.startswith("| ") and "---" not in line]
 
 
 @pytest.mark.slow
@@ -47,22 +54,7 @@ def test_serve_load_quick_mode(tiny):
 @pytest.mark.slow
 def test_onnx_op_profile_quick_mode(tiny):
     ckpt, data = tiny
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench/onnx_op_profile.py"),
-            "--checkpoint",
-            str(ckpt),
-            "--calibrate",
-            data,
-            "--quick",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    float_part, int8_part = result.stdout.split("## int8")
+    stdout = run_quick(ROOT / "bench/onnx_op_profile.py", "--checkpoint", ckpt, "--calibrate", data)
+    float_part, int8_part = stdout.split("## int8")
     assert "## float" in float_part and " Conv " in float_part.split("kernel time:")[1]
     assert "QLinearConv" in int8_part  # the int8 graph's convolutions run as int8 kernels
