@@ -3,7 +3,7 @@
 Exports the checkpoint's float graph and its int8 graph (as `googlenet export --int8` makes it, calibrated on
 Fashion-MNIST's training split or --calibrate), runs each for --runs batches, and prints each operator
 type's share of the kernel time, the images per second and the node counts. It found that a general power
-(Pow) in the paper variant's LRN took a quarter of the int8 graph's time (docs/deploy.md).
+(Pow) in the paper variant's LRN took a fifth of the int8 graph's time (docs/deploy.md).
 
     python bench/onnx_op_profile.py --checkpoint runs/fm/checkpoint_last.pt
 """

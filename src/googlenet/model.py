@@ -109,7 +109,7 @@ class BasicConv2d(nn.Module):
 
 def inverse_power(x: Tensor, beta: float) -> Tensor:
     """``x ** -beta``; for the paper's beta of 0.75 as 1 / (sqrt(x) * sqrt(sqrt(x))). Square roots are
-    vectorised everywhere, a general power is not: in onnxruntime's CPU kernels Pow took a quarter of the
+    vectorised everywhere, a general power is not: in onnxruntime's CPU kernels Pow took a fifth of the
     int8 paper variant's time (docs/deploy.md)."""
     if beta == 0.75:
         root = x.sqrt()
