@@ -27,42 +27,29 @@ def test_bench_quick_mode(script, min_rows):
 
 @pytest.mark.slow
 def test_gpu_suite_script_quick_mode(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    result = subprocess.run(
-        ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", "e2e", "fm_googlenet", "model_speed", "step_overhead"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "fm_googlenet" / "metrics.jsonl").is_file()
-    assert (tmp_path / "fm_googlenet" / "eval_1crop.json").is_file()
-    assert not list(tmp_path.glob("fm_googlenet/*.pt"))  # deleted after evaluation unless FM_KEEP=1
+    """Every phase's output; FM_KEEP=1 keeps the training checkpoint, and the next call continues that run
+    instead of starting over, then deletes the checkpoint since FM_KEEP is not set again."""
+
+    def call(*phases, **extra):
+        env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, **extra}
+        args = ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", *phases]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    run = tmp_path / "fm_googlenet"
+    call("e2e", "fm_googlenet", "model_speed", "step_overhead", FM_KEEP="1")
+    assert (run / "metrics.jsonl").is_file() and (run / "eval_1crop.json").is_file()
+    assert (run / "checkpoint_last.pt").is_file()
     assert "| ours googlenet (paper) |" in (tmp_path / "model_speed.md").read_text()
     assert "`fast` recipe sizes" in (tmp_path / "e2e_speed.md").read_text()
     overhead = (tmp_path / "step_overhead.md").read_text()
     assert "| pinned, non-blocking, eager |" in overhead and "## Profile: pinned copies, eager" in overhead
 
-
-@pytest.mark.slow
-def test_gpu_suite_script_continues_a_kept_run(tmp_path):
-    """FM_KEEP=1 keeps the checkpoint, and the next call continues that run instead of starting over."""
-
-    def call(**extra):
-        env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "FM_KEEP": "1", **extra}
-        args = ["bash", str(ROOT / "bench/gpu_suite.sh"), "--quick", "fm_googlenet"]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-        assert result.returncode == 0, result.stderr[-2000:]
-
-    run = tmp_path / "fm_googlenet"
-    call()
-    assert (run / "checkpoint_last.pt").is_file()
-    call()  # the run is complete: resumed, it has nothing left to do, and it is not started over
+    call("fm_googlenet")  # the run is complete: resumed, it has nothing left to do, and it is not started over
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1]
     assert "resuming from" in (tmp_path / "fm_googlenet.log").read_text()
+    assert not list(run.glob("*.pt"))  # deleted after evaluation unless FM_KEEP=1
 
 
 def test_gpu_suite_script_rejects_an_unknown_phase(tmp_path):

@@ -17,8 +17,12 @@ def model(request):
     return create_model(request.param, num_classes=10).eval()
 
 
+# Each compile takes over a minute on 2 CPU cores (four for a googlenet_bn training step), so only the paper
+# variant is compiled: its LRN is the unusual part; googlenet_bn is torchvision's layer for layer.
 @pytest.mark.slow
-def test_torch_compile_matches_eager(model):
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = create_model("googlenet", num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
