@@ -58,3 +58,12 @@ def test_onnx_op_profile_quick_mode(tiny):
     float_part, int8_part = stdout.split("## int8")
     assert "## float" in float_part and " Conv " in float_part.split("kernel time:")[1]
     assert "QLinearConv" in int8_part  # the int8 graph's convolutions run as int8 kernels
+
+
+@pytest.mark.slow
+def test_int8_by_size_quick_mode(tmp_path):
+    out = tmp_path / "by_size.md"
+    rows = run_script(ROOT / "bench/int8_by_size.py", "--out", out)
+    assert len(rows) == 5  # header, then batch 1 and 2 for each variant
+    assert rows[1].startswith("| `googlenet` | 32 | 1 |") and rows[4].startswith("| `googlenet_bn` | 32 | 2 |")
+    assert out.read_text().count("\n| `") == 4
