@@ -5,14 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test bench-cpu clean
+.PHONY: setup setup-test data demo test bench-cpu clean
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 # torch 2.14.1 / torchvision 0.29.1 are what this project is tested with (pip may serve them locally).
+# The demo needs only the package; the test extras (onnxruntime, grad-cam with OpenCV, scikit-learn,
+# selenium...) come with the first `make test`, so they do not delay the first training.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -31,12 +38,12 @@ NATIVE_BF16 = $$($(BIN)/python -c 'from googlenet.devices import cpu_has_native_
 demo: setup data
 	$(BIN)/googlenet train --config demo $(NATIVE_BF16) --out runs/demo --overwrite
 
-test: setup data
+test: setup-test data
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/pytest
 
-bench-cpu: setup
+bench-cpu: setup-test
 	$(BIN)/python bench/cpu_speed.py
 
 clean:
