@@ -10,9 +10,11 @@ Predict: batch of 224 px images through the eager model (default layout, channel
 also with BatchNorm folded) and through onnxruntime running the exported graph.
 
 Training step: the paper variant (both aux heads, SGD) at the Fashion-MNIST sizes, in the default memory
-layout, in channels_last, and in channels_last under bf16 autocast (as `--bf16` trains), steps interleaved.
+layout, in channels_last, and in channels_last under bf16 autocast (as `--bf16` trains), steps interleaved;
+--train-model, --train-sizes and --no-aux pick another network, sizes or head set (the demo's, for example).
 
     python bench/cpu_speed.py            # ~2 minutes on 2 cores
+    python bench/cpu_speed.py --train-only --train-model googlenet_bn --train-sizes 28 --no-aux
     python bench/cpu_speed.py --quick    # seconds: checks the script
 """
 
@@ -162,15 +164,17 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
     return rows
 
 
-def train_step_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tuple[int, list[float]]]:
-    """(size, img/s per setting in ``TRAIN_SETTINGS``) of a paper-variant training step, median of ``reps``."""
+def train_step_speed(
+    sizes: tuple[int, ...], batch: int, reps: int, model_name: str = "googlenet", aux: bool = True
+) -> list[tuple[int, list[float]]]:
+    """(size, img/s per setting in ``TRAIN_SETTINGS``) of a training step, median of ``reps``."""
     rows = []
     for size in sizes:
         x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
         steps = []
         for fmt, bf16 in TRAIN_SETTINGS.values():
             torch.manual_seed(0)
-            model = create_model("googlenet", num_classes=10).to(memory_format=fmt)
+            model = create_model(model_name, num_classes=10, aux_logits=aux).to(memory_format=fmt)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
             x_fmt = x.contiguous(memory_format=fmt)
@@ -178,7 +182,7 @@ def train_step_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tupl
             def step(_, m=model, o=opt, xx=x_fmt, yy=y, bf16=bf16):
                 # As the training loop: forward under autocast, then its loss (float32, aux heads x0.3).
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    outputs = m(xx, with_aux=True)
+                    outputs = m(xx, with_aux=aux)
                 loss = googlenet_loss(outputs, yy, aux_weight=0.3, smoothing=0.0)
                 o.zero_grad()
                 loss.backward()
@@ -189,19 +193,8 @@ def train_step_speed(sizes: tuple[int, ...], batch: int, reps: int) -> list[tupl
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.images, args.reps = 8, 1
-    print(
-        f"# CPU speed, {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"python {platform.python_version()}"
-    )
+def data_and_predict_tables(args: argparse.Namespace) -> None:
+    """The data-path and predict tables."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = make_jpegs(tmp, args.images)
@@ -220,12 +213,35 @@ def main() -> None:
         print("| model / runtime | images/s | max abs logit diff vs eager |\n|---|---|---|")
         for name, r, d in predict_speed(batch, size, args.reps, tmp):
             print(f"| {name} | {r:,.1f} | {d:.1e} |")
-    sizes, batch, reps = ((32,), 4, 1) if args.quick else ((32, 64), 128, 2 * args.reps)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--train-only", action="store_true", help="only the training-step table")
+    p.add_argument("--train-model", default="googlenet", help="network of the training-step table")
+    p.add_argument("--train-sizes", type=int, nargs="+", default=[32, 64], help="its input sizes")
+    p.add_argument("--no-aux", dest="aux", action="store_false", help="train without the auxiliary heads")
+    args = p.parse_args()
+    if args.quick:
+        args.images, args.reps = 8, 1
     print(
-        f"\n## Training step, paper variant, batch {batch}, {threads} threads (median of {reps}, interleaved; "
-        f"native bf16: {cpu_has_native_bf16()})\n"
+        f"# CPU speed, {time.strftime('%Y-%m-%d')}: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"python {platform.python_version()}"
     )
-    speeds = dict(train_step_speed(sizes, batch, reps))  # size -> img/s per setting
+    threads = torch.get_num_threads()
+    if not args.train_only:
+        data_and_predict_tables(args)
+    sizes, batch, reps = ((32,), 4, 1) if args.quick else (tuple(args.train_sizes), 128, 2 * args.reps)
+    heads = "" if args.aux else " without aux heads"
+    print(
+        f"\n## Training step, {args.train_model}{heads}, batch {batch}, {threads} threads "
+        f"(median of {reps}, interleaved; native bf16: {cpu_has_native_bf16()})\n"
+    )
+    speeds = dict(train_step_speed(sizes, batch, reps, args.train_model, args.aux))  # size -> img/s per setting
     print("| setting | " + " | ".join(f"{size} px img/s | x default" for size in sizes) + " |")
     print("|---" * (1 + 2 * len(sizes)) + "|")
     for i, name in enumerate(TRAIN_SETTINGS):
