@@ -65,6 +65,24 @@ def test_int8_export_prints_its_agreement_and_is_quantised(exported):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_each_concatenation_copies_bytes_under_one_scale(exported):
+    """Every Inception module's Concat reads its four branches with its own output's scale and zero point,
+    so onnxruntime copies instead of requantising (quantize.share_concat_quantisation)."""
+    graph = onnx.load(str(exported["int8"])).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    concats = [node for node in graph.node if node.op_type == "Concat"]
+    assert len(concats) == 9  # inception 3a ... 5b
+    for concat in concats:
+        (q_out,) = [node for node in graph.node if concat.output[0] in node.input]
+        for name in concat.input:
+            dq = producer[name]
+            q = producer[dq.input[0]]
+            assert (dq.op_type, q.op_type) == ("DequantizeLinear", "QuantizeLinear")
+            assert dq.input[1:3] == q.input[1:3] == q_out.input[1:3]
+    names = {init.name for init in graph.initializer}
+    assert all(name in names for node in graph.node for name in node.input[1:3] if "scale" in name)
+
+
 def test_float_onnx_gives_the_checkpoints_top1_in_eval_and_predict(exported):
     members = {name: open_onnx(exported[name]) for name in ("float", "baked")}
     members["ckpt"] = open_checkpoint(exported["ckpt"], fold_batchnorm=True)

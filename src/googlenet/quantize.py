@@ -2,12 +2,14 @@
 
 onnxruntime.quantization does the work (QDQ format, per-channel weights, activation ranges from a
 calibration reader); this module feeds it the same pixels `eval` would show the model (one centre crop,
-the checkpoint's normalisation) and refuses a result whose top-1 strays from the float model's.
+the checkpoint's normalisation), gives each Inception concatenation one set of quantisation parameters
+(which onnxruntime's quantiser does not do), and refuses a result whose top-1 strays from the float model's.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,6 +99,47 @@ def quantize_int8(float_path: str | Path, int8_path: str | Path, inputs: np.ndar
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+    share_concat_quantisation(int8_path)
+
+
+def share_concat_quantisation(path: str | Path) -> int:
+    """Quantise the inputs of each Concat with its output's scale and zero point; returns how many inputs.
+
+    The quantiser gives every branch of an Inception module its own scale, so onnxruntime's QLinearConcat
+    requantises each input; with one scale it copies bytes (8% of the int8 graph's time before; +10-13%
+    throughput at batch 32 for googlenet_bn at 64 px, docs/deploy.md). A Concat's calibrated output range
+    is the union of its inputs' ranges, so no input is clipped; small-ranged branches lose some resolution,
+    which the agreement check then measures. Only a Q -> DQ pair feeding nothing but the Concat changes.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    shared = 0
+    for node in graph.node:
+        users = consumers[node.output[0]] if node.op_type == "Concat" else []
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        scale, zero_point = users[0].input[1], users[0].input[2]
+        for name in node.input:
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or len(consumers[q.output[0]]) != 1:
+                continue
+            for pair_node in (q, dq):
+                pair_node.input[1], pair_node.input[2] = scale, zero_point
+            shared += 1
+    used = {name for node in graph.node for name in node.input}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:  # the replaced scales; onnxruntime warns about each one left behind
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
+    return shared
 
 
 def _input_name(path: Path) -> str:
