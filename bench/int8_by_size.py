@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from int8_speed import images_per_second
+from int8_speed import interleaved_speeds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from googlenet import create_model, quantize  # noqa: E402
@@ -46,11 +46,12 @@ def runtimes(variant: str, size: int, tmp: Path, calibration: int, threads: int)
 
 
 def rows_for(variant: str, size: int, batches: list[int], args: argparse.Namespace, tmp: Path) -> list[str]:
-    speeds = {}
-    for name, model in runtimes(variant, size, tmp, args.calibration_images, args.threads).items():
-        x = [torch.randn(b, 3, size, size).contiguous(memory_format=torch.channels_last) for b in batches]
-        speeds[name] = [images_per_second(model, batch, args.seconds) for batch in x]
-    int8, onnx_float, eager = speeds["onnxruntime int8"], speeds["onnxruntime float32"], speeds["PyTorch eager"]
+    models = runtimes(variant, size, tmp, args.calibration_images, args.threads)
+    per_batch = []  # per batch size: img/s of eager, float, int8, measured in turns
+    for b in batches:
+        x = torch.randn(b, 3, size, size).contiguous(memory_format=torch.channels_last)
+        per_batch.append(interleaved_speeds(list(models.values()), x, args.seconds, args.rounds))
+    eager, onnx_float, int8 = (list(column) for column in zip(*per_batch))
     return [
         f"| `{variant}` | {size} | {b} | {eager[i]:.1f} | {onnx_float[i]:.1f} | {int8[i]:.1f} | "
         f"{int8[i] / onnx_float[i]:.2f}x | {int8[i] / eager[i]:.2f}x |"
@@ -64,17 +65,19 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 224])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--calibration-images", type=int, default=64)
-    p.add_argument("--seconds", type=float, default=3.0, help="per speed measurement")
+    p.add_argument("--seconds", type=float, default=5.0, help="per runtime and batch size, all turns together")
+    p.add_argument("--rounds", type=int, default=5, help="turns per runtime and batch size")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     args = p.parse_args()
     if args.quick:
-        args.sizes, args.batches, args.calibration_images, args.seconds = [32], [1, 2], 4, 0.1
+        args.sizes, args.batches, args.calibration_images, args.seconds, args.rounds = [32], [1, 2], 4, 0.1, 2
     torch.set_num_threads(args.threads)
     lines = [
         f"# CPU inference by input size, images per second ({platform.processor() or platform.machine()}, "
-        f"{args.threads} threads; int8: QDQ, per-channel, calibrated on random inputs)",
+        f"{args.threads} threads, median of {args.rounds} interleaved turns; int8: QDQ, per-channel, calibrated on "
+        "random inputs)",
         "",
         "| variant | px | batch | PyTorch eager | ONNX float32 | ONNX int8 | int8 / float | int8 / eager |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,6 +1,7 @@
 """CPU inference of one checkpoint three ways in one process: PyTorch eager, float ONNX and int8 ONNX.
 
-For each: images per second at batch 1 (latency-bound serving) and batch 32 (throughput), and top-1 on
+For each: images per second at batch 1 (latency-bound serving) and batch 32 (throughput), the three measured
+in turns and the median of --rounds taken (this class of machine drifts in speed within minutes), and top-1 on
 the evaluation images (Fashion-MNIST's test split by default), all through the same crop and normalisation
 as `googlenet eval`. The int8 graph is made as `googlenet export --int8` makes it (QDQ, per-channel,
 calibrated on --calibrate: Fashion-MNIST's training split by default).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +39,16 @@ def images_per_second(model, x: torch.Tensor, seconds: float) -> float:
             model(x)
             runs += 1
     return runs * len(x) / (time.perf_counter() - start)
+
+
+def interleaved_speeds(models: list, x: torch.Tensor, seconds: float, rounds: int) -> list[float]:
+    """Median images per second of each model over ``rounds`` turns taken in order (A B C A B C ...), each turn
+    ``seconds / rounds`` long, so that a machine whose speed drifts slows every model alike."""
+    turns: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, rates in zip(models, turns):
+            rates.append(images_per_second(model, x, seconds / rounds))
+    return [statistics.median(rates) for rates in turns]
 
 
 def build_graphs(ckpt: str, tmp: Path, data: str, calibration_images: int) -> tuple[Path, Path, float, int]:
@@ -66,13 +78,14 @@ def main() -> None:
     p.add_argument("--calibrate", help="calibration images, as export's --calibrate (default: --data)")
     p.add_argument("--images", type=int, default=2000, help="evaluation images for top-1")
     p.add_argument("--calibration-images", type=int, default=500)
-    p.add_argument("--seconds", type=float, default=3.0, help="per speed measurement")
+    p.add_argument("--seconds", type=float, default=5.0, help="per runtime and batch size, all turns together")
+    p.add_argument("--rounds", type=int, default=5, help="turns per runtime and batch size")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     args = p.parse_args()
     if args.quick:
-        args.images, args.calibration_images, args.seconds = 16, 16, 0.1
+        args.images, args.calibration_images, args.seconds, args.rounds = 16, 16, 0.1, 2
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         float_path, int8_path, agreement, calibrated = build_graphs(
@@ -83,19 +96,20 @@ def main() -> None:
             "onnxruntime float32": open_onnx(float_path, threads=args.threads),
             "onnxruntime int8 (QDQ, per-channel)": open_onnx(int8_path, threads=args.threads),
         }
-        sizes = [args.checkpoint, float_path, int8_path]
+        files = [args.checkpoint, float_path, int8_path]
+        size = members["onnxruntime float32"].preprocessing.img_size
+        models = [member.model for member in members.values()]
+        speeds = []  # per batch size, per runtime
+        for batch in (1, 32):
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+            speeds.append(interleaved_speeds(models, x, args.seconds, args.rounds))
         rows = []
-        for (name, member), path in zip(members.items(), sizes):
-            size = member.preprocessing.img_size
-            speeds = []
-            for batch in (1, 32):
-                x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-                speeds.append(images_per_second(member.model, x, args.seconds))
+        for i, ((name, member), path) in enumerate(zip(members.items(), files)):
             accuracy, n = top1(member, args.data, args.images)
-            rows.append((name, *speeds, accuracy, Path(path).stat().st_size / 2**20))
+            rows.append((name, speeds[0][i], speeds[1][i], accuracy, Path(path).stat().st_size / 2**20))
     lines = [
         f"# CPU inference: eager vs ONNX float vs ONNX int8 ({platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, {size} px)",
+        f"{args.threads} threads, {size} px; speeds: median of {args.rounds} interleaved turns)",
         "",
         f"int8 top-1 agreement with float on {calibrated} calibration images: {agreement:.2f}%",
         "",
