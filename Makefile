@@ -13,10 +13,10 @@ setup-test: $(VENV)/.installed-test
 # torch 2.14.1 / torchvision 0.29.1 are what this project is tested with.
 # The demo needs only the package; the test extras (onnxruntime, grad-cam with OpenCV, scikit-learn,
 # selenium...) come with the first `make test`, so they do not delay the first training.
-# uv installs torch and its 4 GB of libraries in about 45 s where pip takes about 2 minutes (2-core Xeon,
-# 2026-12-03), bytecode compiled as pip does (else every start recompiles torch's modules wherever
-# PYTHONDONTWRITEBYTECODE is set: 18 s instead of 7 for `googlenet --help`). pip is the fallback where uv cannot
-# be had or fails, for example behind an index that only pip's configuration names.
+# uv installs torch and its 4 GB of libraries in under a minute where pip takes about 2 minutes (2-core
+# Xeon, 2026-12-03), bytecode compiled as pip does (else every start recompiles torch's modules wherever
+# PYTHONDONTWRITEBYTECODE is set: 16-18 s instead of 4-6 for `googlenet --help`). pip is the fallback
+# where uv cannot be had or fails, for example behind an index that only pip's configuration names.
 INSTALL = install() { { [ -x $(BIN)/uv ] && \
 	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python "$$@"; } || $(BIN)/pip install -q "$$@"; }; install
 
