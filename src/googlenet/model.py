@@ -107,14 +107,14 @@ class BasicConv2d(nn.Module):
         return F.relu(x, inplace=True)
 
 
-def inverse_power(x: Tensor, beta: float) -> Tensor:
-    """``x ** -beta``; for the paper's beta of 0.75 as 1 / (sqrt(x) * sqrt(sqrt(x))). Square roots are
-    vectorised everywhere, a general power is not: in onnxruntime's CPU kernels Pow took a fifth of the
-    int8 paper variant's time (docs/deploy.md)."""
+def divide_by_power(x: Tensor, base: Tensor, beta: float) -> Tensor:
+    """``x / base ** beta``; for the paper's beta of 0.75 as x / (sqrt(base) * sqrt(sqrt(base))). Square roots
+    are vectorised everywhere, a general power is not: in onnxruntime's CPU kernels Pow took a fifth of the
+    int8 paper variant's time (docs/deploy.md). One division, not a reciprocal and a product: one pass less."""
     if beta == 0.75:
-        root = x.sqrt()
-        return 1 / (root * root.sqrt())
-    return x.pow(-beta)
+        root = base.sqrt()
+        return x / (root * root.sqrt())
+    return x * base.pow(-beta)
 
 
 class LocalResponseNorm(nn.Module):
@@ -122,9 +122,11 @@ class LocalResponseNorm(nn.Module):
 
     b_c = a_c / (k + alpha / size * sum of a_j^2 over the ``size`` channels j centred on c) ^ beta.
     ``nn.LocalResponseNorm`` forms the window sum with a 3-D average pool over a padded copy, about a quarter
-    of the paper variant's CPU training step and a format change under channels_last. Here the sum is one
-    1x1 convolution by a fixed 0/1 band matrix (a small GEMM; memory format kept), and the denominator is
-    computed in float32 even under autocast. No parameters: state_dicts are unchanged.
+    of the paper variant's CPU training step and a format change under channels_last. Here the whole
+    denominator's base is one 1x1 convolution of the squares: a fixed band matrix holding alpha / size (a
+    small GEMM; memory format kept) with k as its bias, so an exported graph has no separate scale and add
+    (one int8 operator and its quantise nodes fewer). Computed in float32 even under autocast. No parameters:
+    state_dicts are unchanged.
     """
 
     def __init__(
@@ -134,23 +136,27 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         # With the channel count known the band is built once (not saved in checkpoints), so an exported
         # graph holds it as a constant instead of the shape, range and comparison nodes that build it.
-        band = None if channels is None else self._band(channels, torch.empty(0))
+        band, bias = (None, None) if channels is None else self._band(channels, torch.empty(0))
         self.register_buffer("band", band, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
 
-    def _band(self, channels: int, like: Tensor) -> Tensor:
-        # Output channel c sums input channels c - size//2 ... c + (size-1)//2, as nn.LocalResponseNorm pads.
+    def _band(self, channels: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """A 0/1 band (exact in any dtype; alpha / size joins it in forward) and the bias k: output channel c
+        sums input channels c - size//2 ... c + (size-1)//2, as nn.LocalResponseNorm pads."""
         idx = torch.arange(channels, device=like.device)
         offset = idx.view(1, -1) - idx.view(-1, 1)
         band = (offset >= -(self.size // 2)) & (offset <= (self.size - 1) // 2)
-        return band.to(like.dtype).view(channels, channels, 1, 1)
+        bias = torch.full((channels,), self.k, dtype=like.dtype, device=like.device)
+        return band.to(like.dtype).view(channels, channels, 1, 1), bias
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-            band = self.band if self.band is not None and len(self.band) == x.shape[1] else self._band(x.shape[1], xf)
-            window = F.conv2d(xf * xf, band.to(xf.dtype))
-            scale = inverse_power(self.k + self.alpha / self.size * window, self.beta)
-        return (xf * scale).to(x.dtype)
+            built = self.band is not None and len(self.band) == x.shape[1]
+            band, bias = (self.band, self.bias) if built else self._band(x.shape[1], xf)
+            base = F.conv2d(xf * xf, band.to(xf.dtype) * (self.alpha / self.size), bias.to(xf.dtype))
+            y = divide_by_power(xf, base, self.beta)
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
