@@ -5,13 +5,10 @@ import contextlib
 import io
 import json
 
-import numpy as np
 import pytest
-import torch
 
-from googlenet import cli, create_model, open_checkpoint, quantize
+from googlenet import cli, open_checkpoint
 from googlenet.evaluate import eval_dataset, evaluate_ensemble
-from googlenet.export import export_onnx
 from googlenet.onnx_model import METADATA_KEYS, PREFIX, open_onnx
 from googlenet.predict import predict
 
@@ -84,30 +81,6 @@ def test_each_concatenation_copies_bytes_under_one_scale(exported):
             assert dq.input[1:3] == q.input[1:3] == q_out.input[1:3]
     names = {init.name for init in graph.initializer}
     assert all(name in names for node in graph.node for name in node.input[1:3] if "scale" in name)
-
-
-def test_the_paper_variants_lrn_runs_in_float_from_dequantised_input_to_one_quantised_output(tmp_path):
-    """The LRN's square roots, their product and the division stay in float with no quantise node between
-    them (quantize.lrn_float_chain)."""
-    torch.manual_seed(0)
-    model = create_model("googlenet", num_classes=3, aux_logits=False).eval()
-    float_path, int8_path = tmp_path / "paper.onnx", tmp_path / "paper-int8.onnx"
-    export_onnx(model, float_path, 32)
-    inputs = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    quantize.quantize_int8(float_path, int8_path, inputs)
-    nodes = onnx.load(str(int8_path)).graph.node
-    consumers = {out: [n.op_type for n in nodes if out in n.input] for node in nodes for out in node.output}
-    roots = [n for n in nodes if n.op_type == "Sqrt"]
-    products = [n for n in nodes if n.op_type == "Mul" and {r.output[0] for r in roots} & set(n.input)]
-    divisions = [n for n in nodes if n.op_type == "Div"]
-    assert (len(roots), len(products), len(divisions)) == (4, 2, 2)  # two LRNs
-    for node in roots + products:
-        assert "QuantizeLinear" not in consumers[node.output[0]], (node.name, consumers[node.output[0]])
-    for node in divisions:
-        (after,) = [n for n in nodes if node.output[0] in n.input]
-        if after.op_type == "MaxPool":  # the second LRN's max pool reads the float map, then quantises
-            (after,) = [n for n in nodes if after.output[0] in n.input]
-        assert after.op_type == "QuantizeLinear"
 
 
 def test_float_onnx_gives_the_checkpoints_top1_in_eval_and_predict(exported):

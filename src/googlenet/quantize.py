@@ -20,6 +20,7 @@ from torch import Tensor
 from googlenet.checkpoint import LoadedModel
 from googlenet.data import FASHION_MNIST_CLASSES, DataError, load_fashion_mnist
 from googlenet.evaluate import EvalImages, eval_dataset
+from googlenet.int8_lrn import linearise_lrn
 
 
 class AgreementError(ValueError):
@@ -90,6 +91,7 @@ def quantize_int8(float_path: str | Path, int8_path: str | Path, inputs: np.ndar
         # Shape inference and graph folding first, as onnxruntime recommends before quantize_static.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        linearise_lrn(prepared, inputs)
         quantize_static(
             str(prepared),
             str(int8_path),
