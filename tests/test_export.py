@@ -66,6 +66,16 @@ def test_onnx_export_matches_onnxruntime(model, tmp_path):
     assert not ops & {"Pow", "Range", "Shape", "Add"}, ops
 
 
+def test_a_channels_last_model_exports_without_strided_gathers_and_keeps_its_layout(tmp_path):
+    # Checkpoints open channels_last for the CPU; traced as is, the flatten before the classifier became a
+    # strided Gather built from Shape and Range nodes.
+    model = create_model("googlenet_bn", num_classes=3).eval().to(memory_format=torch.channels_last)
+    export_onnx(model, tmp_path / "model.onnx", img_size=64)  # a 2x2 map before the average pool
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert not ops & {"Gather", "Range", "Shape"}, ops
+    assert model.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)  # the caller's model
+
+
 def test_onnx_export_with_baked_preprocessing(tmp_path):
     import onnxruntime as ort
 
