@@ -32,7 +32,7 @@ class WithPreprocessing(nn.Module):
 def contiguous_copy(model: nn.Module) -> nn.Module:
     """``model`` itself if its weights are in the default layout, else a copy that is. An ONNX graph has no
     memory layout, but a channels_last model (as checkpoints open for CPU inference) traces its flatten as a
-    strided Gather with Shape and Range nodes, 3% of an int8 graph's time at 64 px (docs/deploy.md)."""
+    strided Gather with Shape and Range nodes, about 2.5% of an int8 graph's time at 64 px (docs/deploy.md)."""
     if all(p.is_contiguous() for p in model.parameters()):
         return model
     return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
