@@ -56,7 +56,7 @@ def test_both_lrns_of_the_float_graph_become_lines_that_give_the_same_logits(pap
 def test_an_lrn_beyond_the_lines_reach_keeps_its_float_chain(paper_graph, tmp_path):
     """Inputs 100x larger (as raw 0-255 pixels would be) put t far from k: nothing is rewritten, and int8
     keeps the square roots, their product and the division in float between quantise nodes
-    (quantize.lrn_float_chain)."""
+    (int8_lrn.lrn_float_chain)."""
     root, inputs = paper_graph
     loud = inputs * 100
     path = tmp_path / "kept.onnx"

@@ -64,6 +64,18 @@ def find_lrn_chains(graph) -> list[LrnChain]:
     return chains
 
 
+def lrn_float_chain(path: str | Path) -> list[str]:
+    """Names of the square roots, product and division of each LRN still in the graph at ``path``: those
+    the line did not replace. The quantiser would leave them in float anyway, but with a quantise and a
+    dequantise node after each root and the product (six passes over the network's largest maps per LRN, and
+    values near 1 rounded to 8 bits between float operators); excluded from quantisation, the chain runs in
+    float from its dequantised inputs to one quantised output (docs/deploy.md)."""
+    import onnx
+
+    chains = find_lrn_chains(onnx.load(str(path), load_external_data=False).graph)
+    return [node.name for chain in chains for node in (*chain.roots, chain.product, chain.division) if node.name]
+
+
 def square_maxima(path: str | Path, chains: list[LrnChain], inputs: np.ndarray) -> list[float]:
     """The largest ``x * x`` each chain sees over ``inputs`` (float graph, onnxruntime on the CPU)."""
     import onnx

@@ -20,7 +20,7 @@ from torch import Tensor
 from googlenet.checkpoint import LoadedModel
 from googlenet.data import FASHION_MNIST_CLASSES, DataError, load_fashion_mnist
 from googlenet.evaluate import EvalImages, eval_dataset
-from googlenet.int8_lrn import linearise_lrn
+from googlenet.int8_lrn import linearise_lrn, lrn_float_chain
 
 
 class AgreementError(ValueError):
@@ -103,27 +103,6 @@ def quantize_int8(float_path: str | Path, int8_path: str | Path, inputs: np.ndar
             nodes_to_exclude=lrn_float_chain(prepared),
         )
     share_concat_quantisation(int8_path)
-
-
-def lrn_float_chain(path: str | Path) -> list[str]:
-    """Names of the paper variant's LRN nodes that stay in float: ``x / (sqrt(t) * sqrt(sqrt(t)))``
-    (model.divide_by_power), i.e. each Sqrt, each Mul of a Sqrt's output and each Div by such a product;
-    empty for googlenet_bn.
-
-    onnxruntime has no int8 square root or division, so the quantiser leaves these in float anyway, but puts a
-    quantise and a dequantise node after each Sqrt and Mul: six passes over the network's largest maps per
-    LRN, and values near 1 rounded to 8 bits between float operators. Excluded, the chain runs in float from
-    its dequantised inputs to one quantised output (docs/deploy.md).
-    """
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node
-    roots = [node for node in nodes if node.op_type == "Sqrt"]
-    root_outputs = {out for node in roots for out in node.output}
-    products = [node for node in nodes if node.op_type == "Mul" and set(node.input) & root_outputs]
-    product_outputs = {out for node in products for out in node.output}
-    divisions = [node for node in nodes if node.op_type == "Div" and node.input[1] in product_outputs]
-    return [node.name for node in roots + products + divisions if node.name]
 
 
 def share_concat_quantisation(path: str | Path) -> int:

@@ -3,7 +3,7 @@
 - before (until 2026-12-03): k added after the band convolution, a reciprocal and a product, and every float
   operator of the chain wrapped in its own quantise / dequantise pair by onnxruntime's quantiser;
 - float chain: k as the band convolution's bias, one division, and the square-root chain kept in float
-  between one dequantised input and one quantised output (quantize.lrn_float_chain);
+  between one dequantised input and one quantised output (int8_lrn.lrn_float_chain);
 - line: the chain replaced by its fitted line, all int8 (googlenet.int8_lrn), as `export --int8` does now.
 
 Fresh weights (speed does not depend on them), calibrated on random inputs, as bench/int8_by_size.py does.
