@@ -137,7 +137,7 @@ def linearise_lrn(path: str | Path, inputs: np.ndarray, tolerance: float = 1e-3)
 
 
 def _replace_chain(graph, chain: LrnChain, weight: np.ndarray, bias: np.ndarray) -> None:
-    """The convolution now computes v = x^-0.75 - 1 (fitted); the roots, product and division become
+    """The convolution now computes v = t^-0.75 - 1 (fitted); the roots, product and division become
     ``y = x + x * v`` under the division's output name."""
     from onnx import helper, numpy_helper
 
