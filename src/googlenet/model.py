@@ -136,11 +136,11 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         # With the channel count known the band is built once (not saved in checkpoints), so an exported
         # graph holds it as a constant instead of the shape, range and comparison nodes that build it.
-        band, bias = (None, None) if channels is None else self._band(channels, torch.empty(0))
+        band, bias = (None, None) if channels is None else self._band_and_bias(channels, torch.empty(0))
         self.register_buffer("band", band, persistent=False)
         self.register_buffer("bias", bias, persistent=False)
 
-    def _band(self, channels: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def _band_and_bias(self, channels: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """A 0/1 band (exact in any dtype; alpha / size joins it in forward) and the bias k: output channel c
         sums input channels c - size//2 ... c + (size-1)//2, as nn.LocalResponseNorm pads."""
         idx = torch.arange(channels, device=like.device)
@@ -153,7 +153,7 @@ class LocalResponseNorm(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
             built = self.band is not None and len(self.band) == x.shape[1]
-            band, bias = (self.band, self.bias) if built else self._band(x.shape[1], xf)
+            band, bias = (self.band, self.bias) if built else self._band_and_bias(x.shape[1], xf)
             base = F.conv2d(xf * xf, band.to(xf.dtype) * (self.alpha / self.size), bias.to(xf.dtype))
             y = divide_by_power(xf, base, self.beta)
         return y.to(x.dtype)

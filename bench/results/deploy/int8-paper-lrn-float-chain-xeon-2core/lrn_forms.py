@@ -35,7 +35,7 @@ from googlenet.preprocessing import imagenet_preprocessing  # noqa: E402
 
 def previous_forward(self, x):
     """The LRN as it was exported before: window sum, then scale and k, then 1 / (...) and a product."""
-    band = self.band if self.band is not None else self._band(x.shape[1], x)[0]
+    band = self.band if self.band is not None else self._band_and_bias(x.shape[1], x)[0]
     window = F.conv2d(x * x, band)
     root = (self.k + self.alpha / self.size * window).sqrt()
     return x * (1 / (root * root.sqrt()))
