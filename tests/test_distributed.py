@@ -10,7 +10,7 @@ import pytest
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-def _train(image_folder, out, nproc):
+def _train(image_folder, out, nproc, *extra):
     # Dropout off: its random masks are drawn per process. Data order and crops are shared by design.
     args = [
         "train",
@@ -42,6 +42,7 @@ def _train(image_folder, out, nproc):
         "0.5",
         "--photometric",
         "0.2",
+        *extra,
     ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "googlenet", *args]
@@ -70,3 +71,10 @@ def test_two_gloo_processes_match_one_process(image_folder, tmp_path):
         for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["epoch"], key)
         assert a["val_images"] == b["val_images"] == 12
+
+
+def test_two_gloo_processes_agree_when_a_time_budget_is_spent(image_folder, tmp_path):
+    # Each process reads its own clock; they must stop at the same step, or the next all-reduce hangs.
+    metrics = _train(image_folder, tmp_path / "budget", 2, "--time-budget", "0.15", "--epochs", "1000")
+    assert 1 <= len(metrics) < 1000
+    assert metrics[-1]["lr"] < metrics[0]["lr"]

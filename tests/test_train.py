@@ -232,6 +232,8 @@ def test_unknown_or_mistyped_config_keys_are_errors(tmp_path):
         ({"dropout": 1.0}, "dropout probabilities must be in [0, 1)"),
         ({"step_gamma": 0.0}, "step_gamma in (0, 1]"),
         ({"train_subset": 0}, "subsets must be >= 1 image"),
+        ({"time_budget": 0.0}, "time_budget must be > 0 minutes"),
+        ({"time_budget": 5.0, "schedule": "step"}, "use --schedule cosine or linear"),
     ],
 )
 def test_out_of_range_settings_are_errors_before_any_work(flags, message):

@@ -62,6 +62,8 @@ class StepContext:
     stop: Callable[[], bool]  # whether a stop was requested
     # Called after model.train() each epoch: puts layers that must not train (frozen BatchNorm) back in eval.
     after_train_mode: Callable[[], None] | None = None
+    # With a time budget, called after every step: whether it is spent (the epoch then ends, not interrupted).
+    budget_spent: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -121,7 +123,8 @@ def _step(model: nn.Module, images: Tensor, labels: Tensor, ctx: StepContext, pa
 
 
 def train_one_epoch(model: nn.Module, batches: Batches, ctx: StepContext, global_step: int, progress) -> EpochResult:
-    """Train over ``batches``; stop early (``interrupted``) when ``ctx.stop()`` says so.
+    """Train over ``batches``; stop early (``interrupted``) when ``ctx.stop()`` says so, or when the time
+    budget is spent (then the epoch ends as if complete).
 
     ``progress(steps, samples, loss_sum)`` is called after every step and returns True at its log points,
     where the loss is checked for divergence (reading it waits for the device, hence not every step).
@@ -154,6 +157,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, ctx: StepContext, global
             _check_finite(loss_sum, global_step)
         if ctx.stop():
             interrupted = True
+            break
+        if ctx.budget_spent is not None and ctx.budget_spent():
             break
     _check_finite(loss_sum, global_step)
     totals = EpochTotals(float(loss_sum), samples, bad_files, per_class.tolist())

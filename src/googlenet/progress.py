@@ -18,7 +18,7 @@ class Progress:
     the device, hence the throttling.
     """
 
-    def __init__(self, total_steps: int, epoch: int, epochs: int, batch: int, every: int, enabled: bool) -> None:
+    def __init__(self, total_steps: int, epoch: int, epochs: int | None, batch: int, every: int, enabled: bool) -> None:
         self.total, self.epoch, self.epochs, self.batch, self.every = total_steps, epoch, epochs, batch, every
         self.enabled, self.tty = enabled, sys.stderr.isatty()
         self.start = self.last_print = time.perf_counter()
@@ -32,7 +32,7 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         eta = (self.total - steps) * elapsed / steps
         line = (
-            f"epoch {self.epoch}/{self.epochs} step {steps}/{self.total} "
+            f"epoch {self.epoch}{f'/{self.epochs}' if self.epochs else ''} step {steps}/{self.total} "
             f"loss {loss_sum.item() / max(samples, 1):.4f} {steps * self.batch / elapsed:,.0f} img/s ETA {eta:,.0f}s"
         )
         if self.tty:

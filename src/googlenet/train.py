@@ -9,8 +9,10 @@ the schedule (:mod:`schedule`), the loops (:mod:`loop`), EMA (:mod:`ema`), progr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from torch import nn
 from googlenet import config as C
 from googlenet import distributed as D
 from googlenet import finetune
+from googlenet.budget import TimeBudget
 from googlenet.checkpoint import build_checkpoint, checkpoint_file, read_checkpoint
 from googlenet.config import ConfigError
 from googlenet.data import DataError
@@ -42,14 +45,15 @@ log = logging.getLogger("googlenet")
 
 @dataclass
 class TrainState:
-    """Where a run stands: ``step`` steps of epoch ``epoch`` done (0 at an epoch's start), and the sums of
-    that partial epoch."""
+    """Where a run stands: ``step`` steps of epoch ``epoch`` done (0 at an epoch's start), the sums of that
+    partial epoch, and its image size (with a time budget, chosen by the minutes spent when it started)."""
 
     epoch: int = 0
     step: int = 0
     global_step: int = 0
     best_top1: float = -1.0
     partial: EpochTotals = field(default_factory=EpochTotals)
+    img_size: int | None = None
 
 
 # What may differ on --resume: how the run is executed, not what it computes. Anything else (batch size,
@@ -138,6 +142,8 @@ class Trainer:
             torch.manual_seed(cfg.seed + 1000 * dist.rank)
         self.train_model = self._wrap(self.model)
         self.metrics: dict[str, Any] = {}
+        self._budget_state = resumed["train_state"].get("budget") if resumed else None
+        self.budget: TimeBudget | None = None
 
     def _build_model(self) -> GoogLeNet:
         cfg = self.cfg
@@ -174,10 +180,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.dist.is_main:
             self._open_folder()
+        if self.cfg.time_budget:
+            self.budget = TimeBudget(self.cfg.time_budget, self.dist, self.device, self._budget_state)
         with StopFlag() as flag:
             ctx = StepContext(
                 self.optimizer,
-                lambda s: self.cfg.lr * lr_factor(s, self.steps_per_epoch, self.cfg),
+                lambda s: self.cfg.lr * lr_factor(s, self.steps_per_epoch, self.cfg, self._spent()),
                 self.cfg.grad_clip,
                 self.cfg.aux_weight,
                 self.cfg.label_smoothing,
@@ -186,10 +194,25 @@ class Trainer:
                 self.ema,
                 stop_check(flag, self.dist, self.device),
                 after_train_mode=finetune.keep_in_eval(self.frozen_bn),
+                budget_spent=self.budget.tick if self.budget else None,
             )
-            for epoch in range(self.state.epoch, self.cfg.epochs):
+            for epoch in self._epochs():
                 self._run_epoch(epoch, ctx, flag)
         return self.metrics
+
+    def _spent(self) -> float | None:
+        """The fraction of the time budget spent, or None for a run counted in epochs."""
+        return self.budget.fraction if self.budget else None
+
+    def _epochs(self) -> Iterator[int]:
+        """The epochs still to run: up to ``epochs``, or until the time budget is spent."""
+        if self.budget is None:
+            yield from range(self.state.epoch, self.cfg.epochs)
+            return
+        for epoch in itertools.count(self.state.epoch):
+            if self.budget.spent:
+                return
+            yield epoch
 
     def _open_folder(self) -> None:
         cfg, data = self.cfg, self.data
@@ -204,10 +227,13 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, ctx: StepContext, flag: StopFlag) -> None:
         cfg, state = self.cfg, self.state
-        size = img_size_at(epoch, cfg)
         skip = state.step if epoch == state.epoch else 0
+        # A resumed epoch keeps the size it started with (with a budget, the minutes spent have moved on).
+        size = state.img_size if skip and state.img_size else img_size_at(epoch, cfg, self._spent())
+        state.img_size = size
         main = self.dist.is_main
-        progress = Progress(self.steps_per_epoch - skip, epoch + 1, cfg.epochs, cfg.batch_size, cfg.log_every, main)
+        total = None if self.budget else cfg.epochs
+        progress = Progress(self.steps_per_epoch - skip, epoch + 1, total, cfg.batch_size, cfg.log_every, main)
         t0 = time.perf_counter()
         batches = self.data.train.batches(epoch, size, skip)
         result = train_one_epoch(self.train_model, batches, ctx, state.global_step, progress)
@@ -225,6 +251,8 @@ class Trainer:
         val_batches = self.data.val.batches(epoch, cfg.eval_img_size or size)
         val = evaluate(eval_model, val_batches, nullcontext, cfg.channels_last, self.dist)
         self._finish_epoch(epoch, size, done, val, seconds, t0)
+        if self.budget:
+            self.budget.reserve(time.perf_counter() - t0 - seconds)
 
     def _finish_epoch(self, epoch: int, size: int, done: EpochTotals, val: dict, seconds: float, t0: float) -> None:
         """Sum the epoch over all processes, then save, record and log it (main process)."""
@@ -254,9 +282,10 @@ class Trainer:
         # Training + validation + checkpoints: what an epoch costs on the clock.
         self.folder.append_metrics({**self.metrics, "wall_s": time.perf_counter() - t0})
         m = self.metrics
+        budget = f" ({self.budget.fraction:.0%} of the time budget)" if self.budget else f"/{self.cfg.epochs}"
         log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  %.0f img/s  %.1fs%s",
-            *(epoch + 1, self.cfg.epochs, m["train_loss"], m["val_loss"], m["val_top1"], m["val_top5"]),
+            "epoch %d%s  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  %.0f img/s  %.1fs%s",
+            *(epoch + 1, budget, m["train_loss"], m["val_loss"], m["val_top1"], m["val_top5"]),
             *(m["images_per_s"], seconds),
             f"  ({m['bad_files']} unreadable images skipped)" if m["bad_files"] else "",
         )
@@ -295,6 +324,8 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "new_modules": self.new_modules,  # the heads --init made anew, trained with --head-lr-mult
+            "img_size": self.state.img_size,
+            "budget": self.budget.state_dict() if self.budget else None,
         }
         return build_checkpoint(
             model,
@@ -321,4 +352,4 @@ class Trainer:
         log.info("resuming from %s at epoch %d step %d", path, ts["epoch"] + 1, ts["step"])
         self.metrics = ckpt.get("metrics") or {}
         partial = EpochTotals.from_dict(ts.get("partial"))
-        return TrainState(ts["epoch"], ts["step"], ts["global_step"], ts["best_top1"], partial)
+        return TrainState(ts["epoch"], ts["step"], ts["global_step"], ts["best_top1"], partial, ts.get("img_size"))

@@ -32,7 +32,13 @@ class TrainConfig:
         metavar="none|features|LAYER",
     )
     head_lr_mult: float = option(1.0, "with --init: learning-rate multiplier of the heads made anew")
-    epochs: int = option(10, "training epochs")
+    epochs: int = option(10, "training epochs (ignored with --time-budget)")
+    time_budget: float | None = option(
+        None,
+        "train for this many minutes of wall time, validation and checkpoints included: the schedule follows "
+        "the minutes spent instead of the epochs, and the run ends annealed when they are spent",
+        metavar="MINUTES",
+    )
     batch_size: int = option(128, "global batch size, split evenly across torchrun processes")
     img_size: int = option(32, "training crop size in px (the final size with progressive resizing)")
     img_size_start: int | None = option(
@@ -89,6 +95,11 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
+            (self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 minutes"),
+            (
+                self.time_budget is None or self.schedule != "step",
+                "--time-budget decays the learning rate with the minutes spent: use --schedule cosine or linear",
+            ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
