@@ -18,10 +18,7 @@ from typing import Any
 import torch
 
 from googlenet import distributed as D
-
-# Under torchrun, every process must use the same learning rate at the same step, so the fraction is
-# averaged over processes every this many steps and held in between (each average waits for the device).
-AGREE_EVERY_STEPS = 20
+from googlenet.stopping import STOP_CHECK_STEPS
 
 
 def _now() -> float:
@@ -49,8 +46,12 @@ class TimeBudget:
         return self.spent_before_s + _now() - self._start
 
     def tick(self) -> bool:
-        """Called after every training step: updates the fraction; True once the training time is spent."""
-        if self.dist.world > 1 and next(self._calls) % AGREE_EVERY_STEPS:
+        """Called after every training step: updates the fraction; True once the training time is spent.
+
+        Under torchrun every process must use the same learning rate at the same step, so the fraction is
+        averaged over processes at the steps where they agree on stop requests, and held in between (each
+        average waits for the device)."""
+        if self.dist.world > 1 and next(self._calls) % STOP_CHECK_STEPS:
             return self.spent
         local = self.spent_s() / max(self.budget_s - self.reserve_s, 1e-9)
         agreed = D.all_reduce_sum(torch.tensor([local], device=self.device), self.dist).item() / self.dist.world

@@ -142,8 +142,8 @@ class Trainer:
             torch.manual_seed(cfg.seed + 1000 * dist.rank)
         self.train_model = self._wrap(self.model)
         self.metrics: dict[str, Any] = {}
-        self._budget_state = resumed["train_state"].get("budget") if resumed else None
-        self.budget: TimeBudget | None = None
+        saved_budget = resumed["train_state"].get("budget") if resumed else None
+        self.budget = TimeBudget(cfg.time_budget, dist, self.device, saved_budget) if cfg.time_budget else None
 
     def _build_model(self) -> GoogLeNet:
         cfg = self.cfg
@@ -180,8 +180,6 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         if self.dist.is_main:
             self._open_folder()
-        if self.cfg.time_budget:
-            self.budget = TimeBudget(self.cfg.time_budget, self.dist, self.device, self._budget_state)
         with StopFlag() as flag:
             ctx = StepContext(
                 self.optimizer,
