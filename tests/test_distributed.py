@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from googlenet.checkpoint import read_checkpoint
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
@@ -77,4 +79,6 @@ def test_two_gloo_processes_agree_when_a_time_budget_is_spent(image_folder, tmp_
     # Each process reads its own clock; they must stop at the same step, or the next all-reduce hangs.
     metrics = _train(image_folder, tmp_path / "budget", 2, "--time-budget", "0.15", "--epochs", "1000")
     assert 1 <= len(metrics) < 1000
-    assert metrics[-1]["lr"] < metrics[0]["lr"]
+    # How far the lr decayed depends on this machine's speed; that the run ended spent does not.
+    state = read_checkpoint(tmp_path / "budget" / "checkpoint_last.pt")["train_state"]
+    assert state["budget"]["fraction"] == 1.0
