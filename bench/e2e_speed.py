@@ -140,7 +140,7 @@ def train_step_fn(model, outputs_fn, device):
     return step
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--img-size", type=int, default=224)
@@ -154,68 +154,76 @@ def main() -> None:
     if args.quick:
         args.batch, args.img_size, args.workers, args.classes, args.per_class = 4, 64, 0, 2, 6
         args.warmup, args.steps = 1, 2
-    device, name = pick_device(args.quick)
-    print(
-        f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
-        f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps after "
-        f"{args.warmup} warm-up"
-    )
+    return args
+
+
+def prepare_data(root: Path, args) -> tuple[Path, object, object]:
+    """The generated JPEG folder, its index and a pack of it (shorter side 256, JPEG q90)."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        train_dir = make_folder(Path(tmp), args.classes, args.per_class)
-        print(f"# {args.classes * args.per_class} JPEGs written in {time.perf_counter() - start:.0f} s", flush=True)
-        start = time.perf_counter()
-        folder = scan_split(train_dir)
-        write_pack(folder, Path(tmp) / "train.gpk", short_side=256, quality=90, workers=args.workers)
-        packed = open_pack(Path(tmp) / "train.gpk")
-        print(f"# packed (shorter side 256, JPEG q90) in {time.perf_counter() - start:.0f} s", flush=True)
-        tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=args.classes)
+    train_dir = make_folder(root, args.classes, args.per_class)
+    print(f"# {args.classes * args.per_class} JPEGs written in {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    folder = scan_split(train_dir)
+    write_pack(folder, root / "train.gpk", short_side=256, quality=90, workers=args.workers)
+    print(f"# packed (shorter side 256, JPEG q90) in {time.perf_counter() - start:.0f} s", flush=True)
+    return train_dir, folder, open_pack(root / "train.gpk")
 
-        def ours(index, on_device: bool, variant: str = "googlenet_bn", size: int = args.img_size):
-            batches = functools.partial(our_batches, index, size, args.batch, args.workers, device, on_device)
-            return batches, lambda: train_step_fn(
-                create_model(variant, num_classes=args.classes), ours_train_outputs, device
-            )
 
-        pipelines = {
-            "standard (ImageFolder + PIL) + torchvision googlenet": (
-                lambda: standard_batches(train_dir, args.img_size, args.batch, args.workers, device),
-                lambda: train_step_fn(tv, torchvision_train_outputs, device),
-            ),
-            "ours, files, worker decode + googlenet_bn": ours(folder, False),
-            "ours, files, device decode + googlenet_bn": ours(folder, True),
-            "ours, pack, worker decode + googlenet_bn": ours(packed, False),
-            "ours, pack, device decode + googlenet_bn": ours(packed, True),
-            "ours, files, device decode + googlenet (paper)": ours(folder, True, "googlenet"),
-        }
-        rows = []
-        for label, (make_batches, make_step) in pipelines.items():
-            t0 = time.perf_counter()
-            loader_rate = measure(make_batches, None, device, args.warmup, args.steps, args.batch)
-            train_rate = measure(make_batches, make_step(), device, args.warmup, args.steps, args.batch)
-            rows.append((label, loader_rate, train_rate))
-            # Each row as soon as it is measured: a run cut short still reports what it got.
-            print(
-                f"# {label}: loader {loader_rate:,.0f} img/s, training {train_rate:,.0f} img/s "
-                f"({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
-        # Progressive resizing on the fastest of our googlenet_bn pipelines at full size.
-        best = max((r for r in rows[1:] if "googlenet_bn" in r[0]), key=lambda r: r[2])[0]
-        index, on_device = (packed if ", pack," in best else folder), "device decode" in best
-        fast = resolve(TrainConfig, "fast")
-        sizes = [img_size_at(e, fast) for e in range(fast.epochs)]
-        if args.quick:
-            sizes = [32, 32, 40]
-        rate_at = {}
-        step = train_step_fn(create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device)
-        for size in sorted(set(sizes)):
-            batches = functools.partial(our_batches, index, size, args.batch, args.workers, device, on_device)
-            rate_at[size] = measure(batches, step, device, args.warmup, args.steps, args.batch)
-            print(f"# {best} at {size} px: training {rate_at[size]:,.0f} img/s", flush=True)
-        schedule_rate = len(sizes) / sum(1 / rate_at[s] for s in sizes)
-        per_size = ", ".join(f"{s} px {r:,.0f}" for s, r in rate_at.items())
+def pipelines(train_dir: Path, folder, packed, device, args) -> dict:
+    """Label -> (make_batches, make_step) for each pipeline; the first row is the baseline."""
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=args.classes)
+
+    def ours(index, on_device: bool, variant: str = "googlenet_bn"):
+        batches = functools.partial(our_batches, index, args.img_size, args.batch, args.workers, device, on_device)
+        model = functools.partial(create_model, variant, num_classes=args.classes)
+        return batches, lambda: train_step_fn(model(), ours_train_outputs, device)
+
+    return {
+        "standard (ImageFolder + PIL) + torchvision googlenet": (
+            lambda: standard_batches(train_dir, args.img_size, args.batch, args.workers, device),
+            lambda: train_step_fn(tv, torchvision_train_outputs, device),
+        ),
+        "ours, files, worker decode + googlenet_bn": ours(folder, False),
+        "ours, files, device decode + googlenet_bn": ours(folder, True),
+        "ours, pack, worker decode + googlenet_bn": ours(packed, False),
+        "ours, pack, device decode + googlenet_bn": ours(packed, True),
+        "ours, files, device decode + googlenet (paper)": ours(folder, True, "googlenet"),
+    }
+
+
+def measure_pipelines(pipes: dict, device, args) -> list[tuple[str, float, float]]:
+    """(label, loader-only img/s, training img/s) per pipeline, each printed as soon as it is measured."""
+    rows = []
+    for label, (make_batches, make_step) in pipes.items():
+        t0 = time.perf_counter()
+        loader_rate = measure(make_batches, None, device, args.warmup, args.steps, args.batch)
+        train_rate = measure(make_batches, make_step(), device, args.warmup, args.steps, args.batch)
+        rows.append((label, loader_rate, train_rate))
+        # Printed at once: a run cut short still reports what it got.
+        print(
+            f"# {label}: loader {loader_rate:,.0f} img/s, training {train_rate:,.0f} img/s "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def progressive_rate(best: str, folder, packed, device, args) -> tuple[list[int], dict[int, float]]:
+    """The `fast` recipe's per-epoch sizes and the training rate of pipeline ``best`` at each of them."""
+    index, on_device = (packed if ", pack," in best else folder), "device decode" in best
+    fast = resolve(TrainConfig, "fast")
+    sizes = [32, 32, 40] if args.quick else [img_size_at(e, fast) for e in range(fast.epochs)]
+    step = train_step_fn(create_model("googlenet_bn", num_classes=args.classes), ours_train_outputs, device)
+    rate_at = {}
+    for size in sorted(set(sizes)):
+        batches = functools.partial(our_batches, index, size, args.batch, args.workers, device, on_device)
+        rate_at[size] = measure(batches, step, device, args.warmup, args.steps, args.batch)
+        print(f"# {best} at {size} px: training {rate_at[size]:,.0f} img/s", flush=True)
+    return sizes, rate_at
+
+
+def print_table(rows, best: str, sizes: list[int], rate_at: dict[int, float]) -> None:
+    """Markdown table against the standard pipeline; the last row combines the per-size rates as a run would."""
     base = rows[0]
     print("\n| pipeline | loader only img/s | x standard | training img/s | x standard |\n|---|---|---|---|---|")
     for label, loader_rate, train_rate in rows:
@@ -223,11 +231,31 @@ def main() -> None:
             f"| {label} | {loader_rate:,.0f} | {loader_rate / base[1]:.2f} | {train_rate:,.0f} | "
             f"{train_rate / base[2]:.2f} |"
         )
+    schedule_rate = len(sizes) / sum(1 / rate_at[s] for s in sizes)  # epochs per size / time per epoch
     print(
         f"| {best}, `fast` recipe sizes {min(sizes)}->{max(sizes)} px over "
         f"{len(sizes)} epochs | | | {schedule_rate:,.0f} | {schedule_rate / base[2]:.2f} |"
     )
+    per_size = ", ".join(f"{s} px {r:,.0f}" for s, r in rate_at.items())
     print(f"\nTraining img/s per size ({best}): {per_size}.")
+
+
+def main() -> None:
+    args = parse_args()
+    device, name = pick_device(args.quick)
+    print(
+        f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
+        f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps after "
+        f"{args.warmup} warm-up"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        train_dir, folder, packed = prepare_data(Path(tmp), args)
+        rows = measure_pipelines(pipelines(train_dir, folder, packed, device, args), device, args)
+        # Progressive resizing on the fastest of our googlenet_bn pipelines at full size.
+        best = max((r for r in rows[1:] if "googlenet_bn" in r[0]), key=lambda r: r[2])[0]
+        sizes, rate_at = progressive_rate(best, folder, packed, device, args)
+    print_table(rows, best, sizes, rate_at)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def paper_with_torch_lrn(paper: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--img-size", type=int, default=224)
@@ -154,19 +154,11 @@ def main() -> None:
         p.error(f"unknown --models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     if args.quick:
         args.batch, args.img_size, args.warmup, args.iters, args.reps = 2, 64, 1, 1, 2
-    device, gpu = pick_device(args.quick)
-    print(
-        f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}; bf16 autocast + channels_last on CUDA; median of {args.reps}x{args.iters}"
-    )
+    return args
 
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
-    y = torch.randint(0, 1000, (args.batch,))
-    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
-    ours_bn = create_model("googlenet_bn")
-    ours_bn.load_state_dict(tv.state_dict(), strict=True)
+
+def check_equivalence(tv: torch.nn.Module, ours_bn: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Assert googlenet_bn computes torchvision's function and folding keeps it; returns the folded copy."""
     with torch.no_grad():
         diff = (tv.eval()(x[:2]) - ours_bn.eval()(x[:2])).abs().max().item()
     print(f"# logits check, torchvision vs googlenet_bn with the same weights (fp32, eval): max |diff| {diff:.2e}")
@@ -186,8 +178,11 @@ def main() -> None:
         diff = (copy.deepcopy(check).fold_batchnorm()(x[:2]) - ref).abs().max().item() / ref.abs().max().item()
     print(f"# logits check, googlenet_bn with BatchNorm folded vs not (fp32): max |diff| / max |logit| {diff:.2e}")
     assert diff < 1e-4, "folding BatchNorm changed googlenet_bn's function"
-    folded = copy.deepcopy(ours_bn).fold_batchnorm()
+    return copy.deepcopy(ours_bn).fold_batchnorm()
 
+
+def bench_models(tv, ours_bn, folded, x, y, device, args) -> list[dict]:
+    """The rows: torchvision's model first, then each of ours that --models asks for, eager then compiled."""
     rows = []
     for compiled in [False] + ([True] if args.compile else []):
         rows.append(bench("torchvision googlenet", tv, torchvision_train_outputs, x, y, device, args, compiled))
@@ -206,6 +201,11 @@ def main() -> None:
                 bench("ours googlenet (paper), nn.LocalResponseNorm", paper_with_torch_lrn(paper), ours_train_outputs,
                       x, y, device, args, compiled)
             )  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    """Markdown table, each row against torchvision's model run the same way (eager or compiled)."""
     base = {r["name"].endswith("compiled"): r for r in rows if r["name"].startswith("torchvision")}
     print("\n| model | train img/s | x baseline | inference img/s | x baseline | compile s | peak GiB |")
     print("|---|---|---|---|---|---|---|")
@@ -216,6 +216,24 @@ def main() -> None:
             f"| {r['name']} | {train} | {r['infer']:,.0f} | "
             f"{r['infer'] / b['infer']:.2f} | {r['compile_s']:.0f} | {r['mem_gib']:.1f} |"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    device, gpu = pick_device(args.quick)
+    print(
+        f"# model speed, batch {args.batch}, {args.img_size} px, {device.type} ({gpu}); torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}; bf16 autocast + channels_last on CUDA; median of {args.reps}x{args.iters}"
+    )
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
+    y = torch.randint(0, 1000, (args.batch,))
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    ours_bn = create_model("googlenet_bn")
+    ours_bn.load_state_dict(tv.state_dict(), strict=True)
+    folded = check_equivalence(tv, ours_bn, x)
+    print_table(bench_models(tv, ours_bn, folded, x, y, device, args))
 
 
 if __name__ == "__main__":
