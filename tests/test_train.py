@@ -76,14 +76,23 @@ def test_run_folder_contents_and_checkpoint_round_trip(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_trains_on_the_cpu_and_warns_where_it_is_emulated(image_folder, tmp_path, monkeypatch, caplog, native):
+def test_bf16_by_default_only_where_native_and_forced_with_a_warning(
+    image_folder, tmp_path, monkeypatch, caplog, native
+):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert devices.cpu_has_native_bf16() is native
+    with caplog.at_level("INFO", logger="googlenet"):
+        train.run(small_config(image_folder, tmp_path / "default", epochs=1, bf16=None, model="googlenet"))
+    # The choice is recorded, so that a resumed run trains in the same precision on any machine.
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["bf16"] is native
+    assert ("training in float32" in caplog.text) is not native
+    caplog.clear()
     with caplog.at_level("WARNING", logger="googlenet"):
-        metrics = train.run(small_config(image_folder, tmp_path / "run", epochs=1, bf16=True, model="googlenet"))
+        metrics = train.run(small_config(image_folder, tmp_path / "forced", epochs=1, bf16=True, model="googlenet"))
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
-    assert ("without AVX512-BF16 or AMX" in caplog.text) is not native
+    assert json.loads((tmp_path / "forced" / "config.json").read_text())["bf16"] is True
+    assert ("emulated" in caplog.text) is not native
 
 
 def test_cpu_bf16_probe_survives_a_torch_without_it(monkeypatch):

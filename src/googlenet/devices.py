@@ -21,9 +21,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX) that oneDNN's convolutions use.
 
-    Without them bf16 autocast is emulated and may well be slower than float32; with them it trained the
+    Without them bf16 autocast is emulated, many times slower than float32; with them it trained the
     paper variant 1.19x (32 px) and 1.48x (64 px) faster than float32 on a 2-core CPU (README, Results). The
     probes are torch's own (private, hence the fallback), the ones its compiler uses to pick kernels.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16 units, or a CPU with AVX512-BF16 or AMX.
+
+    Training uses bf16 autocast exactly there unless told otherwise (--bf16 / --no-bf16). Emulated bf16 is no
+    bargain: on a 2-core AVX2 CPU a training step of the paper variant ran 11-15x slower under bf16 autocast
+    than in float32 (bench/results/speed/cpu-2core-avx2-train-bf16).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_has_native_bf16()

@@ -28,7 +28,7 @@ from googlenet.budget import TimeBudget
 from googlenet.checkpoint import build_checkpoint, checkpoint_file, read_checkpoint
 from googlenet.config import ConfigError
 from googlenet.data import DataError
-from googlenet.devices import cpu_has_native_bf16, resolve_device
+from googlenet.devices import has_native_bf16, resolve_device
 from googlenet.ema import EMA
 from googlenet.limits import check_fits
 from googlenet.loop import EpochTotals, StepContext, evaluate, train_one_epoch
@@ -107,16 +107,14 @@ class Trainer:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
         self.cfg, self.dist = cfg, dist
         self.device = resolve_device(cfg.device, dist.local_rank)
-        if cfg.bf16 and self.device.type == "cpu" and dist.is_main and not cpu_has_native_bf16():
-            log.warning("bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated, maybe slower; try --no-bf16")
         largest = max(s for s in (cfg.img_size, cfg.img_size_start, cfg.eval_img_size) if s)
         check_fits(cfg.model, largest, cfg.batch_size // dist.world, self.device, "--img-size")
         self.folder = RunFolder(cfg.out)
         resumed = read_checkpoint(checkpoint_file(cfg.resume, LAST)) if cfg.resume else None
         self.init = finetune.read_init(cfg, resumed)  # None unless fine-tuning (--init)
         aux_logits, why = finetune.resolve_aux_logits(cfg, self.init)
-        # The config records the choice made, so that a resumed run builds the same heads.
-        self.cfg = cfg = dataclasses.replace(cfg, aux_logits=aux_logits)
+        # The config records the choices made, so that a resumed run builds the same heads and precision.
+        self.cfg = cfg = dataclasses.replace(cfg, aux_logits=aux_logits, bf16=self._choose_bf16())
         self._note(why)
         torch.manual_seed(cfg.seed)
         self.data = build_train_data(cfg, self.device, dist, finetune.normalisation(self.init))
@@ -160,6 +158,16 @@ class Trainer:
             self._note(line)
         layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         return model.to(self.device, memory_format=layout)
+
+    def _choose_bf16(self) -> bool:
+        """bf16 autocast where asked, else where the device computes bf16 natively (it is slower emulated)."""
+        native = has_native_bf16(self.device)
+        if self.cfg.bf16 is None:
+            self._note(None if native else "training in float32: this device has no native bf16 (see --bf16)")
+            return native
+        if self.cfg.bf16 and not native and self.dist.is_main:
+            log.warning("bf16 autocast is emulated on this device, many times slower than float32; try --no-bf16")
+        return self.cfg.bf16
 
     def _note(self, line: str | None) -> None:
         if line and self.dist.is_main:

@@ -71,7 +71,9 @@ class TrainConfig:
     photometric: float = option(0.0, "brightness/contrast/saturation jitter strength (Howard); 0 = off")
     random_interpolation: bool = option(False, "random resize interpolation per image (folder data; paper)")
     erase: float = option(0.0, "random-erasing probability per image (Zhong et al. 2017); 0 = off")
-    bf16: bool = option(False, "bfloat16 autocast")
+    bf16: bool | None = option(
+        None, "bfloat16 autocast (default: where the device computes bf16 natively, AVX512-BF16 or AMX on a CPU)"
+    )
     channels_last: bool = option(False, "channels-last memory format (faster convolutions on GPUs)")
     compile: bool = option(False, "torch.compile the training model")
     compile_mode: str = option(
