@@ -1,18 +1,20 @@
 """Fine-tuning with `train --init`: what loads, what is made anew, what travels, what stays frozen, resume."""
 
+import json
 import math
 import re
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from googlenet import cli, create_model, finetune, train
 from googlenet import config as C
-from googlenet import create_model, finetune, train
 from googlenet.checkpoint import build_checkpoint, read_checkpoint, save_checkpoint
 from googlenet.distributed import DistInfo
 from googlenet.preprocessing import Preprocessing
@@ -347,13 +349,6 @@ def _by_hand(path, size):
 def test_imported_weights_see_the_same_input_at_every_step(folder, tmp_path, capsys, kind, variant, flags):
     """import -> train --init --freeze features -> predict, eval, export, features: each step's output equals
     the reference model (built by hand with the source's input remapping) fed by hand."""
-    import json
-
-    import numpy as np
-    import onnxruntime as ort
-
-    from googlenet import cli
-
     run, size = tmp_path / "run", 64
     source = _source_with_live_activations(kind, tmp_path)
     assert cli.main(["train", "--init", str(source), "--model", variant, "--freeze", "features",
@@ -370,40 +365,35 @@ def test_imported_weights_see_the_same_input_at_every_step(folder, tmp_path, cap
         pooled = torch.flatten(reference.avgpool(reference.forward_features(x[:1], False)[0]), 1)
     capsys.readouterr()
 
-    assert cli.main(["predict", "--checkpoint", str(ckpt), str(images[0]), "--json", "--top-k", "3"]) == 0
-    predicted = json.loads(capsys.readouterr().out)["top_k"]
-    expected = logits[0].softmax(0)
-    for item in predicted:
-        name = item["class"]
-        assert item["probability"] == pytest.approx(
-            float(expected[["class_0", "class_1", "class_2"].index(name)]), abs=2e-3
-        )
-
-    assert (
-        cli.main(
-            [
-                "eval",
-                "--checkpoint",
-                str(ckpt),
-                "--data",
-                str(folder),
-                "--workers",
-                "0",
-                "--json",
-                str(tmp_path / "e.json"),
-            ]
-        )
-        == 0
-    )
+    _predict_gives(ckpt, images[0], logits[0].softmax(0), capsys)
     labels = torch.tensor([int(p.parent.name[-1]) for p in images])
-    assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(
-        100 * float((logits.argmax(1) == labels).float().mean())
-    )
+    _eval_gives(ckpt, folder, 100 * float((logits.argmax(1) == labels).float().mean()), tmp_path / "e.json")
+    _onnx_export_gives(ckpt, x, logits, tmp_path / "m.onnx")
+    assert pooled.abs().max() > 0.1  # activations that carry the input, so a wrong remapping shows
+    _features_give(ckpt, images[0], pooled, tmp_path / "f.npz")
 
-    assert cli.main(["export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
-    (onnx_logits,) = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})
+
+def _predict_gives(ckpt, image, probabilities, capsys):
+    assert cli.main(["predict", "--checkpoint", str(ckpt), str(image), "--json", "--top-k", "3"]) == 0
+    for item in json.loads(capsys.readouterr().out)["top_k"]:
+        expected = probabilities[["class_0", "class_1", "class_2"].index(item["class"])]
+        assert item["probability"] == pytest.approx(float(expected), abs=2e-3)
+
+
+def _eval_gives(ckpt, folder, top1, report):
+    flags = ["--checkpoint", str(ckpt), "--data", str(folder), "--workers", "0", "--json", str(report)]
+    assert cli.main(["eval", *flags]) == 0
+    assert json.loads(report.read_text())["top1"] == pytest.approx(top1)
+
+
+def _onnx_export_gives(ckpt, x, logits, onnx_file):
+    import onnxruntime as ort
+
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--onnx", str(onnx_file)]) == 0
+    (onnx_logits,) = ort.InferenceSession(str(onnx_file)).run(None, {"input": x.numpy()})
     np.testing.assert_allclose(onnx_logits, logits.numpy(), rtol=1e-3, atol=1e-3)
 
-    assert cli.main(["features", "--checkpoint", str(ckpt), str(images[0]), "--out", str(tmp_path / "f.npz")]) == 0
-    assert pooled.abs().max() > 0.1  # activations that carry the input, so a wrong remapping shows
-    np.testing.assert_allclose(np.load(tmp_path / "f.npz")["features"], pooled.numpy(), rtol=1e-3, atol=1e-3)
+
+def _features_give(ckpt, image, pooled, npz):
+    assert cli.main(["features", "--checkpoint", str(ckpt), str(image), "--out", str(npz)]) == 0
+    np.testing.assert_allclose(np.load(npz)["features"], pooled.numpy(), rtol=1e-3, atol=1e-3)
