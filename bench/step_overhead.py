@@ -37,6 +37,7 @@ from model_speed import pick_device, sync  # noqa: E402
 from googlenet import augment, batches  # noqa: E402
 from googlenet import distributed as D  # noqa: E402
 from googlenet.config import resolve  # noqa: E402
+from googlenet.devices import has_native_bf16  # noqa: E402
 from googlenet.ema import EMA  # noqa: E402
 from googlenet.loop import StepContext, train_one_epoch  # noqa: E402
 from googlenet.model import create_model  # noqa: E402
@@ -163,6 +164,8 @@ def main() -> None:
         overrides.update(img_size=32, batch_size=16, train_subset=256, val_subset=16, bf16=False, channels_last=False)
         args.steps, args.reps = 3, 2
     cfg = resolve(TrainConfig, "fashion-mnist", overrides)
+    if cfg.bf16 is None:  # the default, resolved as training resolves it
+        cfg = dataclasses.replace(cfg, bf16=has_native_bf16(device))
     count_syncs = device.type == "cuda"
     print(
         f"# training-loop overhead, Fashion-MNIST recipe ({cfg.model}, {cfg.img_size} px, batch {cfg.batch_size}, "

@@ -29,7 +29,6 @@ from torchvision.io import encode_png
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from googlenet.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
-from googlenet.devices import cpu_has_native_bf16  # noqa: E402
 
 PRETRAIN_CLASSES, NEW_CLASSES = range(0, 5), range(5, 10)
 
@@ -109,8 +108,7 @@ def pretrain(base: list[str], root: Path, out: Path, epochs: str) -> dict[str, f
 
 def run_variant(variant: str, root: Path, out: Path, quick: bool, reuse: bool) -> dict[str, dict[str, float]]:
     out.mkdir(parents=True, exist_ok=True)
-    precision = ["--bf16" if cpu_has_native_bf16() else "--no-bf16", "--device", "cpu"]
-    base = ["--model", variant, "--img-size", "32", *precision]
+    base = ["--model", variant, "--img-size", "32", "--device", "cpu"]  # bf16 where the CPU has it natively
     pre_epochs, new_epochs = ("1", "2") if quick else ("6", "15")
     pretrained = out / "pretrain"
     if reuse and (out / "pretrain.json").is_file():  # the fine-tuning ways again, on the same pre-trained weights

@@ -82,14 +82,15 @@ def test_bf16_by_default_only_where_native_and_forced_with_a_warning(
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert devices.cpu_has_native_bf16() is native
+    on_cpu = dict(epochs=1, model="googlenet", device="cpu")  # the probes above are the CPU's
     with caplog.at_level("INFO", logger="googlenet"):
-        train.run(small_config(image_folder, tmp_path / "default", epochs=1, bf16=None, model="googlenet"))
+        train.run(small_config(image_folder, tmp_path / "default", bf16=None, **on_cpu))
     # The choice is recorded, so that a resumed run trains in the same precision on any machine.
     assert json.loads((tmp_path / "default" / "config.json").read_text())["bf16"] is native
     assert ("training in float32" in caplog.text) is not native
     caplog.clear()
     with caplog.at_level("WARNING", logger="googlenet"):
-        metrics = train.run(small_config(image_folder, tmp_path / "forced", epochs=1, bf16=True, model="googlenet"))
+        metrics = train.run(small_config(image_folder, tmp_path / "forced", bf16=True, **on_cpu))
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
     assert json.loads((tmp_path / "forced" / "config.json").read_text())["bf16"] is True
     assert ("emulated" in caplog.text) is not native

@@ -58,7 +58,8 @@ class TrainState:
 
 # What may differ on --resume: how the run is executed, not what it computes. Anything else (batch size,
 # model, data, schedule, augmentation, seed...) would silently change the resumed schedule or data order.
-RESUMABLE_CHANGES = frozenset({"resume", "out", "workers", "device", "log_every", "compile", "compile_mode"})
+# Settings of speed, not of the result: a run resumed on another machine may need another precision.
+RESUMABLE_CHANGES = frozenset({"resume", "out", "workers", "device", "bf16", "log_every", "compile", "compile_mode"})
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> dict[str, Any]:
