@@ -11,10 +11,13 @@ also with BatchNorm folded) and through onnxruntime running the exported graph.
 
 Training step: the paper variant (both aux heads, SGD) at the Fashion-MNIST sizes, in the default memory
 layout, in channels_last, and in channels_last under bf16 autocast (as `--bf16` trains), steps interleaved;
---train-model, --train-sizes and --no-aux pick another network, sizes or head set (the demo's, for example).
+--train-model, --train-sizes and --no-aux pick another network, sizes or head set (the demo's, for example);
+--heads-and-batch adds the CPU recipe's step (batch 256, aux heads) beside the same without the heads and at
+batch 128.
 
     python bench/cpu_speed.py            # ~2 minutes on 2 cores
     python bench/cpu_speed.py --train-only --train-model googlenet_bn --train-sizes 28 --no-aux
+    python bench/cpu_speed.py --train-only --train-sizes 32 48 64 --heads-and-batch
     python bench/cpu_speed.py --quick    # seconds: checks the script
 """
 
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -164,22 +168,30 @@ def predict_speed(batch: int, size: int, reps: int, tmp: Path) -> list[tuple[str
     return rows
 
 
+class StepSetting(NamedTuple):
+    """One training-step configuration timed by ``train_step_speed``."""
+
+    memory_format: torch.memory_format
+    bf16: bool
+    aux: bool
+    batch: int
+
+
 def train_step_speed(
-    sizes: tuple[int, ...], batch: int, reps: int, model_name: str = "googlenet", aux: bool = True
+    sizes: tuple[int, ...], settings: list[StepSetting], reps: int, model_name: str = "googlenet"
 ) -> list[tuple[int, list[float]]]:
-    """(size, img/s per setting in ``TRAIN_SETTINGS``) of a training step, median of ``reps``."""
+    """(size, img/s per setting) of an SGD training step, median of ``reps``, the settings interleaved."""
     rows = []
     for size in sizes:
-        x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
         steps = []
-        for fmt, bf16 in TRAIN_SETTINGS.values():
+        for fmt, bf16, aux, batch in settings:
             torch.manual_seed(0)
             model = create_model(model_name, num_classes=10, aux_logits=aux).to(memory_format=fmt)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+            y = torch.randint(0, 10, (batch,))
 
-            x_fmt = x.contiguous(memory_format=fmt)
-
-            def step(_, m=model, o=opt, xx=x_fmt, yy=y, bf16=bf16):
+            def step(_, m=model, o=opt, xx=x, yy=y, bf16=bf16, aux=aux):
                 # As the training loop: forward under autocast, then its loss (float32, aux heads x0.3).
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     outputs = m(xx, with_aux=aux)
@@ -189,8 +201,18 @@ def train_step_speed(
                 o.step()
 
             steps.append(step)
-        rows.append((size, [r * batch for r in rates(steps, [None], reps)]))
+        batches = [setting.batch for setting in settings]
+        rows.append((size, [r * b for r, b in zip(rates(steps, [None], reps), batches)]))
     return rows
+
+
+def print_step_table(sizes: tuple[int, ...], names: list[str], speeds: dict[int, list[float]], first: str) -> None:
+    """One row per setting: img/s per size and the ratio to the first row (called ``first`` in the header)."""
+    print("| setting | " + " | ".join(f"{size} px img/s | x {first}" for size in sizes) + " |")
+    print("|---" * (1 + 2 * len(sizes)) + "|")
+    for i, name in enumerate(names):
+        cells = [f"{speeds[size][i]:,.0f} | {speeds[size][i] / speeds[size][0]:.2f}" for size in sizes]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def data_and_predict_tables(args: argparse.Namespace) -> None:
@@ -224,6 +246,9 @@ def main() -> None:
     p.add_argument("--train-model", default="googlenet", help="network of the training-step table")
     p.add_argument("--train-sizes", type=int, nargs="+", default=[32, 64], help="its input sizes")
     p.add_argument("--no-aux", dest="aux", action="store_false", help="train without the auxiliary heads")
+    p.add_argument(
+        "--heads-and-batch", action="store_true", help="also time the recipe's step without aux heads and at batch 128"
+    )
     args = p.parse_args()
     if args.quick:
         args.images, args.reps = 8, 1
@@ -241,12 +266,26 @@ def main() -> None:
         f"\n## Training step, {args.train_model}{heads}, batch {batch}, {threads} threads "
         f"(median of {reps}, interleaved; native bf16: {cpu_has_native_bf16()})\n"
     )
-    speeds = dict(train_step_speed(sizes, batch, reps, args.train_model, args.aux))  # size -> img/s per setting
-    print("| setting | " + " | ".join(f"{size} px img/s | x default" for size in sizes) + " |")
-    print("|---" * (1 + 2 * len(sizes)) + "|")
-    for i, name in enumerate(TRAIN_SETTINGS):
-        cells = [f"{speeds[size][i]:,.0f} | {speeds[size][i] / speeds[size][0]:.2f}" for size in sizes]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    settings = [StepSetting(fmt, bf16, args.aux, batch) for fmt, bf16 in TRAIN_SETTINGS.values()]
+    speeds = dict(train_step_speed(sizes, settings, reps, args.train_model))  # size -> img/s per setting
+    print_step_table(sizes, list(TRAIN_SETTINGS), speeds, "default")
+    if args.heads_and_batch:
+        heads_and_batch_table(sizes, reps, args.train_model, quick=args.quick)
+
+
+def heads_and_batch_table(sizes: tuple[int, ...], reps: int, model_name: str, quick: bool) -> None:
+    """The CPU recipe's step (channels_last; bf16 where native) with and without the auxiliary heads, at the
+    recipe's batch of 256 and at 128: what dropping the heads or halving the batch buys per image."""
+    bf16 = cpu_has_native_bf16()
+    rows = {
+        f"aux heads, batch {b}" if aux else f"no aux heads, batch {b}": StepSetting(torch.channels_last, bf16, aux, b)
+        for aux in (True, False)
+        for b in ((4, 2) if quick else (256, 128))
+    }
+    precision = "bf16 autocast" if bf16 else "float32"
+    print(f"\n## Training step by heads and batch, {model_name}, channels_last, {precision} (median of {reps})\n")
+    speeds = dict(train_step_speed(sizes, list(rows.values()), reps, model_name))
+    print_step_table(sizes, list(rows), speeds, "recipe")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("script", "min_rows"),
-    [("bench/model_speed.py", 4), ("bench/cpu_speed.py", 4), ("bench/e2e_speed.py", 4), ("bench/step_overhead.py", 3)],
+    ("command", "min_rows"),
+    [
+        ("bench/model_speed.py", 4),
+        ("bench/cpu_speed.py --heads-and-batch", 13),  # 3 loader, 4 predict, 2 x header + 3 and 4 step rows
+        ("bench/cpu_processes.py --cores 2", 3),  # header, one process x 2 threads, torchrun 2 x 1
+        ("bench/e2e_speed.py", 4),
+        ("bench/step_overhead.py", 3),
+    ],
 )
-def test_bench_quick_mode(script, min_rows):
+def test_bench_quick_mode(command, min_rows):
+    script, *options = command.split()
     result = subprocess.run(
-        [sys.executable, str(ROOT / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT
+        [sys.executable, str(ROOT / script), "--quick", *options], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]

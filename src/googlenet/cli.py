@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from googlenet import config as C
+from googlenet import processes
 from googlenet.dream import DreamConfig, run_dream
 from googlenet.evaluate import EvalConfig, run_eval
 from googlenet.explain import ExplainConfig, run_explain
@@ -45,7 +46,7 @@ def _run_train(cfg: TrainConfig) -> int:
     from googlenet import train
 
     metrics = train.run(cfg)
-    if metrics:
+    if metrics and os.environ.get("RANK", "0") == "0":  # one summary line, from the first of several processes
         print(
             f"final: epoch {metrics['epoch']}  val top1 {metrics['val_top1']:.2f}%  "
             f"top5 {metrics['val_top5']:.2f}%  run folder {cfg.out}"
@@ -146,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return COMMANDS[args.command].run(resolve_config(args.command, args))
+        cfg = resolve_config(args.command, args)
+        if args.command == "train" and cfg.processes > 1 and not processes.launched():
+            return processes.start_processes(cfg.processes, cfg.device, argv)
+        return COMMANDS[args.command].run(cfg)
     except BrokenPipeError:
         # The reader of stdout went away (`googlenet predict ... | head`): stop quietly, as other tools do.
         # stdout goes to devnull so that the interpreter's final flush does not raise again.

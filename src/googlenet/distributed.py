@@ -41,6 +41,14 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def holds_everywhere(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether ``flag`` is true in every process: a collective, so every process must call it."""
+    if info.world <= 1:
+        return flag
+    votes = all_reduce_sum(torch.tensor([float(flag)], device=device), info)
+    return int(votes.item()) == info.world
+
+
 def shutdown(info: DistInfo) -> None:
     if info.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -59,7 +59,9 @@ class TrainState:
 # What may differ on --resume: how the run is executed, not what it computes. Anything else (batch size,
 # model, data, schedule, augmentation, seed...) would silently change the resumed schedule or data order.
 # Settings of speed, not of the result: a run resumed on another machine may need another precision.
-RESUMABLE_CHANGES = frozenset({"resume", "out", "workers", "device", "bf16", "log_every", "compile", "compile_mode"})
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "out", "workers", "device", "processes", "bf16", "log_every", "compile", "compile_mode"}
+)
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +166,13 @@ class Trainer:
         """bf16 autocast where asked, else where the device computes bf16 natively (it is slower emulated)."""
         native = has_native_bf16(self.device)
         if self.cfg.bf16 is None:
-            self._note(None if native else "training in float32: this device has no native bf16 (see --bf16)")
-            return native
+            # Every process must train in one precision; an emulated one would hold all the others back.
+            everywhere = D.holds_everywhere(native, self.dist, self.device)
+            if not native:
+                self._note("training in float32: this device has no native bf16 (see --bf16)")
+            elif not everywhere:
+                self._note("training in float32: not every process's device computes bf16 natively (see --bf16)")
+            return everywhere
         if self.cfg.bf16 and not native and self.dist.is_main:
             log.warning("bf16 autocast is emulated on this device, many times slower than float32; try --no-bf16")
         return self.cfg.bf16

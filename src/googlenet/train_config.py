@@ -83,6 +83,11 @@ class TrainConfig:
     )
     seed: int = option(0, "random seed (data order, crops, initial weights)")
     device: str = option("auto", "auto, cpu or cuda", choices=list(DEVICE_CHOICES))
+    processes: int = option(
+        1,
+        "on a CPU: train in this many processes (DistributedDataParallel, started for you) that share the "
+        "cores, each with its part of the same global batch; often faster than one process using every core",
+    )
     workers: int = option(4, "loader processes for folder data")
     decode_on_device: bool = option(
         False, "folder data: workers only read files; decode (nvJPEG) and crop on the device"
@@ -103,6 +108,11 @@ class TrainConfig:
                 "--time-budget decays the learning rate with the minutes spent: use --schedule cosine or linear",
             ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.processes >= 1, "processes must be >= 1"),
+            (
+                self.batch_size % max(self.processes, 1) == 0,
+                f"batch_size {self.batch_size} is not divisible by the {self.processes} processes",
+            ),
             (self.lr > 0, "lr must be > 0"),
             (0 < self.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
             (self.crop_ratio_max >= 1, "crop_ratio_max must be >= 1"),
