@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from googlenet import distributed as D
+from googlenet import processes
 from googlenet.checkpoint import read_checkpoint
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -109,20 +109,18 @@ def _vote(rank: int, port: int, flags: list[bool], results) -> None:
 @pytest.mark.parametrize(("flags", "expected"), [([True, True], True), ([True, False], False), ([False, False], False)])
 def test_processes_agree_on_bf16_only_where_every_device_has_it(flags, expected):
     # Mixed hardware: bf16 by default only if every process computes it natively, and all then decide alike.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = processes.free_port()
     results = mp.Manager().dict()
     mp.spawn(_vote, args=(port, flags, results), nprocs=len(flags))
     assert [results[rank] for rank in range(len(flags))] == [expected] * len(flags)
 
 
 def _start(image_folder, out, *extra):
-    # A session of its own, so that the test can signal the whole group as a terminal's Ctrl-C does.
+    # A process group of its own, so that the test can signal all of it as a terminal's Ctrl-C does.
     cmd = [sys.executable, "-m", "googlenet", "train", "--data", str(image_folder), "--out", str(out)]
     cmd += ["--batch-size", "8", "--img-size", "32", "--workers", "0", "--device", "cpu", "--processes", "2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, process_group=0)
 
 
 def test_ctrl_c_stops_every_process_and_the_run_is_saved(image_folder, tmp_path):

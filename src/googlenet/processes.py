@@ -5,8 +5,8 @@ two threads splitting every operation (measured in docs/training.md). The global
 stay those of one process, and so does the arithmetic of the paper variant (tests/test_distributed.py);
 BatchNorm normalises each process's part of the batch.
 
-Why not torchrun, which starts processes the same way: its agent moves the workers into sessions of their
-own, relays a Ctrl-C and kills any still running 30 s later, whether or not a slow step has finished and the
+Why not torchrun, which starts processes the same way: its agent moves the workers into process groups of
+their own, relays a Ctrl-C and kills any still running 30 s later, whether or not a slow step has finished and the
 run has saved. Started here, the processes stay in the terminal's process group, so a Ctrl-C reaches each of
 them once, directly, and they stop as a single run stops (they save, exit 130). This process only waits: it
 relays SIGTERM, and stops the others when one fails, since they would otherwise wait forever in their next
