@@ -242,15 +242,18 @@ def print_table(rows, best: str, sizes: list[int], rate_at: dict[int, float]) ->
 
 def main() -> None:
     args = parse_args()
-    device, name = pick_device(args.quick)
-    print(
-        f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
-        f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps after "
-        f"{args.warmup} warm-up"
-    )
     with tempfile.TemporaryDirectory() as tmp:
+        # The data first, in forked processes, before anything touches the GPU: a process that has set up
+        # CUDA should not fork helpers that do not need it.
         train_dir, folder, packed = prepare_data(Path(tmp), args)
+        device, name = pick_device(args.quick)
+        print(
+            f"# end to end, batch {args.batch}, {args.img_size} px, {args.workers} workers, {device.type} ({name}), "
+            f"{os.cpu_count()} CPUs; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}; {args.classes * args.per_class} JPEGs 500x375; {args.steps} steps "
+            f"after {args.warmup} warm-up",
+            flush=True,
+        )
         rows = measure_pipelines(pipelines(train_dir, folder, packed, device, args), device, args)
         # Progressive resizing on the fastest of our googlenet_bn pipelines at full size.
         best = max((r for r in rows[1:] if "googlenet_bn" in r[0]), key=lambda r: r[2])[0]

@@ -72,6 +72,9 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool, trai
     """Training (unless ``train`` is False: an inference-only model) and inference rates of ``model``."""
     use_bf16 = device.type == "cuda"
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if device.type == "cuda":  # each row's own peak, not the largest so far
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model = model.to(device, memory_format=fmt)
     x = x.to(device, memory_format=fmt)
     y = y.to(device)
@@ -112,13 +115,17 @@ def bench(name, model, outputs_fn, x, y, device, args, compile_model: bool, trai
     compile_s += first_call_seconds(infer) if compile_model else 0.0
     infer_s = timed(infer, device, args.warmup, args.iters, args.reps)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return {
+    row = {
         "name": name + (" compiled" if compile_model else ""),
         "train": len(x) / train_s if train_s else None,
         "infer": len(x) / infer_s,
         "compile_s": compile_s,
         "mem_gib": mem,
     }
+    # Printed at once: a run stopped by a time cap still reports the rows it measured.
+    train_text = f"training {row['train']:,.0f} img/s, " if train_s else ""
+    print(f"# {row['name']}: {train_text}inference {row['infer']:,.0f} img/s, compile {compile_s:.0f} s", flush=True)
+    return row
 
 
 def paper_with_torch_lrn(paper: torch.nn.Module) -> torch.nn.Module:
