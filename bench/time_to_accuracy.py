@@ -5,6 +5,10 @@ are their running sum, so a run's last point is its whole length. Runs made on d
 comparable in minutes: give runs from one machine, or say so in the title.
 
     python bench/time_to_accuracy.py --out curve.png "new recipe=runs/a" "old recipe=bench/results/.../b"
+    python bench/time_to_accuracy.py --out curve.png --at 30,60,90,120 runs/a runs/b   # and at equal minutes
+
+`--at` adds a column per minute: each run's top-1 at the last epoch that had ended by then, the comparison
+that accuracy per minute asks for ("-" where no epoch had ended, or the run had already stopped).
 """
 
 from __future__ import annotations
@@ -30,6 +34,27 @@ def read_curve(folder: Path) -> tuple[list[float], list[float]]:
     if not minutes:
         raise SystemExit(f"{folder}/metrics.jsonl: no epochs")
     return minutes, top1
+
+
+def top1_at(minutes: list[float], top1: list[float], minute: float) -> float | None:
+    """Top-1 of the last epoch ended by ``minute``; None before the first, or after the run's end."""
+    if minute > minutes[-1] + 1e-9:
+        return None
+    ended = [t for m, t in zip(minutes, top1) if m <= minute + 1e-9]
+    return ended[-1] if ended else None
+
+
+def table(curves: dict[str, tuple[list[float], list[float]]], at: list[float]) -> str:
+    """Markdown: each run's length and final top-1, then its top-1 at each of the ``at`` minutes."""
+    head = "| run | minutes | final top-1 |" + "".join(f" at {m:g} min |" for m in at)
+    lines = [head, "|---|---:|---:|" + "---:|" * len(at)]
+    for label, (minutes, top1) in curves.items():
+        cells = [top1_at(minutes, top1, m) for m in at]
+        lines.append(
+            f"| {label} | {minutes[-1]:.1f} | {top1[-1]:.2f}% |"
+            + "".join(" - |" if c is None else f" {c:.2f}% |" for c in cells)
+        )
+    return "\n".join(lines)
 
 
 def parse_run(text: str) -> tuple[str, Path]:
@@ -58,12 +83,17 @@ def main() -> None:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--title", default="Fashion-MNIST: test top-1 against wall-clock time")
     p.add_argument("--floor", type=float, default=80.0, help="lowest top-1 shown")
+    p.add_argument(
+        "--at",
+        type=lambda v: [float(m) for m in v.split(",")],
+        default=[],
+        metavar="M1,M2,...",
+        help="also each run's top-1 at these minutes",
+    )
     args = p.parse_args()
     curves = {label: read_curve(folder) for label, folder in map(parse_run, args.runs)}
     save_figure(args.out, plot(curves, args.title, args.floor))
-    print("| run | minutes | final top-1 |\n|---|---:|---:|")
-    for label, (minutes, top1) in curves.items():
-        print(f"| {label} | {minutes[-1]:.1f} | {top1[-1]:.2f}% |")
+    print(table(curves, args.at))
 
 
 if __name__ == "__main__":

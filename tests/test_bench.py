@@ -115,3 +115,25 @@ def test_time_to_accuracy_sums_epoch_wall_times(tmp_path):
     assert out.read_bytes().startswith(b"\x89PNG")
     assert "| A | 3.0 | 85.50% |" in result.stdout  # 60 s + 120 s
     assert "| B | 1.5 | 90.25% |" in result.stdout  # three epochs of 30 s: the last epoch's accuracy
+
+
+def test_time_to_accuracy_reads_each_run_at_equal_minutes(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    epochs = [(60, 80.0), (120, 85.5), (60, 87.0)]  # epochs end at minutes 1, 3 and 4
+    lines = [json.dumps({"epoch": i + 1, "wall_s": s, "val_top1": t}) for i, (s, t) in enumerate(epochs)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench/time_to_accuracy.py"), "--out", str(tmp_path / "c.png"),
+         "--at", "0.5,1,2.9,3,4,5", f"A={folder}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| run | minutes | final top-1 | at 0.5 min | at 1 min | at 2.9 min | at 3 min | at 4 min | at 5 min |" in (
+        result.stdout
+    )
+    # Before the first epoch ends and after the run stops: no reading; in between, the last ended epoch's.
+    assert "| A | 4.0 | 87.00% | - | 80.00% | 80.00% | 85.50% | 87.00% | - |" in result.stdout
