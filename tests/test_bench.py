@@ -95,14 +95,18 @@ def test_transfer_script_quick_mode(tmp_path):
     assert "init: loaded" in (tmp_path / "googlenet_bn" / "finetune.log").read_text()
 
 
+def write_metrics(folder: Path, epochs: list[tuple[float, float]]) -> Path:
+    """A run folder whose metrics.jsonl holds one line per (wall seconds, top-1) epoch."""
+    folder.mkdir()
+    lines = [json.dumps({"epoch": i + 1, "wall_s": s, "val_top1": t}) for i, (s, t) in enumerate(epochs)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 def test_time_to_accuracy_sums_epoch_wall_times(tmp_path):
     runs = []
     for name, epochs in (("a", [(60, 80.0), (120, 85.5)]), ("b", [(30, 70.0), (30, 75.0), (30, 90.25)])):
-        folder = tmp_path / name
-        folder.mkdir()
-        lines = [json.dumps({"epoch": i + 1, "wall_s": s, "val_top1": t}) for i, (s, t) in enumerate(epochs)]
-        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        runs.append(f"{name.upper()}={folder}")
+        runs.append(f"{name.upper()}={write_metrics(tmp_path / name, epochs)}")
     out = tmp_path / "curve.png"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench/time_to_accuracy.py"), "--out", str(out), *runs],
@@ -118,11 +122,7 @@ def test_time_to_accuracy_sums_epoch_wall_times(tmp_path):
 
 
 def test_time_to_accuracy_reads_each_run_at_equal_minutes(tmp_path):
-    folder = tmp_path / "a"
-    folder.mkdir()
-    epochs = [(60, 80.0), (120, 85.5), (60, 87.0)]  # epochs end at minutes 1, 3 and 4
-    lines = [json.dumps({"epoch": i + 1, "wall_s": s, "val_top1": t}) for i, (s, t) in enumerate(epochs)]
-    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    folder = write_metrics(tmp_path / "a", [(60, 80.0), (120, 85.5), (60, 87.0)])  # ends at minutes 1, 3, 4
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench/time_to_accuracy.py"), "--out", str(tmp_path / "c.png"),
          "--at", "0.5,1,2.9,3,4,5", f"A={folder}"],
