@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -20,9 +21,10 @@ from googlenet import cli, train
 from googlenet.batches import decode_batch
 from googlenet.checkpoint import read_checkpoint
 from googlenet.config import ConfigError
-from googlenet.data import DataError, _read_idx, scan_split
+from googlenet.data import IMAGE_EXTENSIONS, DataError, _read_idx, scan_split
 from googlenet.files import remove_stale_temporaries, replacing
 from googlenet.image_decode import ImageRefused, decode_rgb, decode_rgb_bytes
+from googlenet.model import create_model
 from googlenet.pack import _TRAILER, MAGIC, open_pack, pack_path, prepare
 from googlenet.progress import Progress
 from googlenet.run_folder import RunFolder
@@ -162,6 +164,58 @@ def test_prepare_skips_hostile_files(tmp_path):
     assert reports["train"].images == 5 and len(reports["train"].skipped) == 1
 
 
+class _RunsCode:
+    """Pickled as "call os.system(...)": what a hostile checkpoint does to whoever unpickles it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    torch.save({"format": "googlenet-checkpoint/1", "model": _RunsCode(marker)}, tmp_path / "evil.pt")
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "evil.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused: it names Python code (posix.system)" in err[0], err
+    assert "weights_only" not in err[0]  # torch's advice to load it as code does not reach the user
+    assert not marker.exists()
+
+
+def test_weights_of_another_model_name_what_does_not_fit(tmp_path, capsys):
+    paper = create_model("googlenet", num_classes=3, aux_logits=False)
+    torch.save(paper.state_dict(), tmp_path / "paper.pth")
+    assert cli.main(["import", "torchvision", str(tmp_path / "paper.pth"), "--out", str(tmp_path / "o.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    bn_keys = set(create_model("googlenet_bn", num_classes=3, aux_logits=False).state_dict())
+    missing, unexpected = len(bn_keys - set(paper.state_dict())), len(set(paper.state_dict()) - bn_keys)
+    assert len(err) == 1 and missing > 0 and unexpected > 0
+    assert f"{missing} missing: conv1.bn.weight, " in err[0] and f"; {unexpected} unexpected: " in err[0], err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_predict_names_a_folder_without_images(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.pt", ["a", "b"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    write_image(tmp_path / "imgs" / "good.png", class_image(0, 0))
+    paths = [str(tmp_path / name) for name in ("empty", "imgs", "notes")]
+    assert cli.main(["predict", "--checkpoint", str(ckpt), *paths]) == 1
+    out, err = capsys.readouterr()
+    assert "good.png:" in out
+    why = f"a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})"
+    expected = [f"googlenet: cannot read {tmp_path / name}: {why}" for name in ("empty", "notes")]
+    assert err.strip().splitlines() == expected
+
+
+def test_a_text_file_named_as_an_image_is_named_in_its_error():
+    with pytest.raises(ImageRefused, match=r"^notes\.jpg: not a decodable image \(no image format recognised\)$"):
+        decode_rgb_bytes(b"just some words", "notes.jpg")
+
+
 # ------------------------------------------------------------------------------------------------ outputs
 
 
@@ -170,6 +224,25 @@ def test_an_output_onto_a_device_is_written_in_place_never_replaced(tmp_path, ca
     ckpt = make_checkpoint(tmp_path / "m.pt", ["class_0", "class_1"])
     args = ["eval", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--workers", "0"]
     assert cli.main([*args, "--json", "/dev/null"]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.parametrize("json_name", ["val/class_0/val_0_0.JPEG", "val/class_0/results.json", "new.png"])
+def test_eval_writes_nothing_into_the_data_it_reads(tmp_path, capsys, json_name):
+    data = make_image_folder(tmp_path / "data", classes=2, train_per_class=1, val_per_class=1)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    ckpt = make_checkpoint(tmp_path / "m.pt", ["class_0", "class_1"])
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json", str(data / json_name)]
+    assert cli.main([*args, "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is inside {data}, which this command reads" in err[0], err
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
+def test_a_checkpoint_can_be_written_onto_a_device(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pt", ["a", "b"])
+    torch.save(read_checkpoint(ckpt)["model"], tmp_path / "tv.pth")
+    assert cli.main(["import", "torchvision", str(tmp_path / "tv.pth"), "--out", "/dev/null"]) == 0
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
@@ -312,6 +385,23 @@ def test_a_class_with_no_readable_image_is_an_error_naming_it(tmp_path):
         train.run(small_config(data, tmp_path / "run", epochs=1))
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("one class", "1 class ['class_0']; a classifier needs at least two"),
+        ("empty class", "no image files of class 'class_1'"),
+    ],
+)
+def test_classes_that_cannot_train_are_an_error_before_any_work(tmp_path, change, message):
+    data = make_image_folder(tmp_path / "data", classes=2 if change == "empty class" else 1)
+    if change == "empty class":
+        for f in (data / "train" / "class_1").iterdir():
+            f.unlink()
+    with pytest.raises(DataError, match=re.escape(message)):
+        train.run(small_config(data, tmp_path / "run", epochs=1))
+    assert not (tmp_path / "run").exists()  # the folder it made, left with nothing in it, is gone
+
+
 def test_an_epoch_with_no_readable_image_is_an_error(tmp_path):
     data = make_image_folder(tmp_path / "data", classes=2)
     for f in (data / "train").rglob("*.JPEG"):
@@ -393,13 +483,14 @@ def _bad_arguments(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "junk.caffemodel").write_bytes(b"\x0a\x05Google\x12\xff\xff\xff\xff\x0f\x00")
     (tmp_path / "bad.toml").write_text("img_size = 100000\n")
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
     return [
         (["summary", "--img-size", "100000"], "outside googlenet's range"),
         (["summary", "--config", str(tmp_path / "bad.toml")], "outside googlenet's range"),
         (["eval", "--checkpoint", str(ckpt), "--img-size", "5000"], "outside googlenet_bn's range"),
         (["eval", "--checkpoint", str(ckpt), "--img-size", "3000", "--device", "cpu", "--batch-size", "4096"], "GiB"),
         (["eval", "--checkpoint", str(tmp_path / "missing.pt")], "checkpoint not found"),
-        (["eval", "--checkpoint", str(tmp_path / "file.txt")], "not a readable checkpoint"),
+        (["eval", "--checkpoint", str(tmp_path / "file.txt")], "not a readable PyTorch file"),
         (["predict", "--checkpoint", str(tmp_path / "file.txt"), str(tmp_path / "file.txt")], "not a readable"),
         (["export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "x.onnx"), "--img-size", "9000"], "range"),
         (["import", "caffe", str(tmp_path / "junk.caffemodel"), "--out", str(tmp_path / "o.pt")], "junk.caffemodel"),
@@ -410,6 +501,9 @@ def _bad_arguments(tmp_path):
         (["train", "--out", str(tmp_path / "file.txt")], "is a file, not a run folder"),
         (["train", "--img-size", "100000"], "outside googlenet's range"),
         (["train", "--resume", str(tmp_path / "dir")], "checkpoint not found"),
+        (["export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "x.onnx"), "--min-agreement", "90"], "--int8"),
+        (["export", "--checkpoint", str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "y.onnx")], "an exported ONNX"),
+        (["import", "torchvision", str(ckpt), "--out", str(tmp_path / "file.txt" / "o.pt")], "is a file, not a folder"),
     ]
 
 

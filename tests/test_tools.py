@@ -244,7 +244,7 @@ def test_eval_cli_writes_its_files_even_when_stdout_is_closed(image_folder, tmp_
     "args, message",
     [
         (["--checkpoint", "missing.pt"], "checkpoint not found"),
-        (["--checkpoint", "{corrupt}"], "not a readable checkpoint"),
+        (["--checkpoint", "{corrupt}"], "not a readable PyTorch file (damaged or truncated)"),
         (["--checkpoint", "{ckpt}", "--data", "{other_classes}"], "class folders not in the training classes"),
         (["--checkpoint", "{ckpt}", "--img-size", "8"], "--img-size 8 is outside googlenet_bn's range 15-4096 px"),
     ],
@@ -305,11 +305,17 @@ def test_every_help_page_prints(command, capsys):
     assert done.value.code == 0 and "usage: googlenet" in capsys.readouterr().out
 
 
+def test_the_top_help_describes_every_command():
+    description = cli.build_parser().description  # the usage line lists them all anyway; this is the prose
+    assert all(name in description for name in cli.COMMANDS), description
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["eval", "--checkpoint", "x.pt", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
         (["eval", "--checkpoint", "x.pt", "--workers", "-1"], "--workers: must be at least 0, got -1"),
+        (["export", "--checkpoint", "x.pt", "--onnx", "y.onnx", "--min-agreement", "150"], "most 100.0, got 150.0"),
         (["predict", "--checkpoint", "x.pt", "a.png", "--top-k", "0"], "--top-k: must be at least 1, got 0"),
         (["export", "--checkpoint", "x.pt", "--onnx", "x.onnx", "--img-size", "ten"], "'ten' is not a whole number"),
         (["prepare", "src", "--out", "o", "--short-side", "-5"], "--short-side: must be at least 0, got -5"),

@@ -190,7 +190,7 @@ def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
         read_checkpoint(tmp_path / "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
         read_checkpoint(bad)
 
 

@@ -15,7 +15,9 @@ reads it. Every checkpoint, from training, from ``googlenet import`` or from a t
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,14 +88,13 @@ def build_checkpoint(
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename
+    (:func:`~googlenet.files.replacing`).
 
     A crash or kill mid-write leaves the previous checkpoint intact, never a half-written one.
     """
     with replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -118,16 +119,57 @@ def checkpoint_file(path: str | Path, in_run_folder: str = "checkpoint_best.pt")
     return path / in_run_folder if path.is_dir() else path
 
 
+def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``, with a one-line reason when it refuses or fails.
+
+    torch's own message for a refused file advises loading it again with ``weights_only=False``, which would
+    run whatever code the file names; that advice must not reach a user of a file they did not make.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about old pickle protocols on the way to refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: {load_failure(e)}") from None
+
+
+def load_failure(e: Exception) -> str:
+    """Why torch could not load a file as data, in words that name the file's problem."""
+    text = str(e)
+    code = re.search(r"\bGLOBAL ([\w.]+)", text)  # torch names the callable it refused to import
+    if code:
+        return f"refused: it names Python code ({code[1]}) to run while loading; files are read as data only"
+    if "zip archive" in text:
+        return "not a readable PyTorch file (damaged or truncated)"
+    return "not a readable PyTorch file"
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
+    """What keeps ``state`` from loading into ``model`` strictly: missing and unexpected keys, wrong shapes."""
+    expected = model.state_dict()
+    wrong_shape = [
+        f"{k} {list(v.shape)} (model {list(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    found = (
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+        ("other shape", wrong_shape),
+    )
+    return "; ".join(
+        f"{len(keys)} {label}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}" for label, keys in found if keys
+    )
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``; clear errors for missing or corrupt files."""
     path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an exported ONNX file; this command takes a checkpoint (.pt)")
+    ckpt = load_data(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CheckpointError(
             f"{path}: not a googlenet checkpoint (no {FORMAT!r} format tag); "
@@ -157,11 +199,14 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", fold_b
     ckpt = read_checkpoint(path)
     try:
         model = model_from_config(ckpt["model_config"])
-        model.load_state_dict(strip_wrapper_prefixes(ckpt["model"]), strict=True)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: weights do not fit the stored model config ({str(e).splitlines()[0]})"
-        ) from None
+        state = strip_wrapper_prefixes(ckpt["model"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid model config and weights ({e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        mismatch = state_dict_mismatch(model, state)
+        raise CheckpointError(f"{path}: weights do not fit the stored model config ({mismatch})") from None
     num_classes = model.config.num_classes
     names = list(ckpt.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:

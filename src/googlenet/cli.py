@@ -100,7 +100,8 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    parser = argparse.ArgumentParser(prog="googlenet", description=__doc__.splitlines()[0], parents=[common])
+    summary = __doc__.split("\n\n")[0].replace("\n", " ")  # the first paragraph: every command
+    parser = argparse.ArgumentParser(prog="googlenet", description=summary, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, parents=[common])  # --debug after the command too
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our progress at INFO; libraries' only from WARNING (the ONNX exporter narrates every pass at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
     try:
         cfg = resolve_config(args.command, args)
         if args.command == "train" and cfg.processes > 1 and not processes.launched():

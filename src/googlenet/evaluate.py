@@ -23,13 +23,14 @@ from googlenet.checkpoint import CheckpointError, LoadedModel, checkpoint_file, 
 from googlenet.config import option
 from googlenet.data import (
     FASHION_MNIST_CLASSES,
+    IMAGE_EXTENSIONS,
     DataError,
     ImageFolderIndex,
     load_fashion_mnist,
     scan_split,
 )
 from googlenet.devices import DEVICE_CHOICES, resolve_device
-from googlenet.files import check_output, replacing
+from googlenet.files import check_output, check_outside_data, replacing
 from googlenet.image_decode import decode_rgb_bytes
 from googlenet.limits import check_fits, check_img_size
 from googlenet.onnx_model import is_onnx, open_onnx
@@ -309,8 +310,9 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     """
     if cfg.json:
         inputs = [checkpoint_file(c) for c in cfg.checkpoint]
-        check_output(cfg.json, inputs, "--json")
-        check_output(Path(cfg.json).with_suffix(".confusion.png"), inputs, "--json's confusion plot")
+        for out, flag in ((cfg.json, "--json"), (Path(cfg.json).with_suffix(".confusion.png"), "its confusion plot")):
+            check_output(out, inputs, flag)
+            check_outside_data(out, cfg.data, IMAGE_EXTENSIONS, flag)
     device = resolve_device(cfg.device)
     batch_size = cfg.batch_size or default_batch_size(device)
     members = [open_onnx(c) if is_onnx(c) else open_checkpoint(c, device, fold_batchnorm=True) for c in cfg.checkpoint]

@@ -108,6 +108,9 @@ def verify_onnx(module: nn.Module, onnx_path: str | Path, example: Tensor, tol: 
     return worst
 
 
+DEFAULT_MIN_AGREEMENT = 98.0  # % top-1 agreement of int8 with float on the calibration images
+
+
 @dataclass
 class ExportConfig:
     """What `googlenet export` reads (flags, or a TOML file given with --config)."""
@@ -122,7 +125,10 @@ class ExportConfig:
     )
     calibration_images: int = option(500, "images for calibration and the agreement check", min=1)
     min_agreement: float = option(
-        98.0, "--int8: the least top-1 agreement with the float model, in %, on the calibration images", min=0.0
+        DEFAULT_MIN_AGREEMENT,
+        "--int8: the least top-1 agreement with the float model, in %, on the calibration images",
+        min=0.0,
+        max=100.0,
     )
 
     def validate(self) -> None:
@@ -130,6 +136,8 @@ class ExportConfig:
             raise ConfigError("--int8 needs --calibrate DATA (images as eval's --data takes)")
         if self.calibrate and not self.int8:
             raise ConfigError("--calibrate is for --int8 only")
+        if self.min_agreement != DEFAULT_MIN_AGREEMENT and not self.int8:
+            raise ConfigError("--min-agreement is for --int8 only")
 
 
 def run_export(cfg: ExportConfig) -> int:

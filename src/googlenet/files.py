@@ -24,10 +24,31 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), flag: str 
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file name")
+    _check_folder_possible(path, flag)
     for source in inputs:
         if _same_file(path, Path(source)):
             raise OutputError(f"{flag} {path} is also an input of this command; it would be replaced")
     return path
+
+
+def check_outside_data(path: str | Path, data: str | Path, suffixes: Iterable[str], flag: str = "output") -> None:
+    """Refuse an output inside the folder ``data`` that the command reads, where it would replace one of its
+    files or, named with one of ``suffixes``, be read as data by the next run (an image in a class folder)."""
+    path, data = Path(path), Path(data)
+    if not data.is_dir() or not path.resolve().is_relative_to(data.resolve()):
+        return
+    if path.exists() or path.suffix.lower() in suffixes:
+        harm = "replace a file" if path.exists() else "become part of the data"
+        raise OutputError(f"{flag} {path} is inside {data}, which this command reads; it would {harm} there")
+
+
+def _check_folder_possible(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output whose folder cannot be made because a file stands in its way."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {path}: {parent} is a file, not a folder")
+            return
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -62,6 +83,10 @@ def replacing(path: str | Path) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
+    except OSError as e:
+        if e.filename not in (str(tmp), tmp):
+            raise
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None  # the name the user gave
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -53,7 +53,7 @@ def check_header(data: bytes, name: str) -> str:
     Raises:
         ImageRefused: empty, not an image Pillow knows, or more pixels than :func:`max_pixels`.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageRefused(f"{name}: empty file")
@@ -61,6 +61,8 @@ def check_header(data: bytes, name: str) -> str:
     try:
         with _our_limit_not_pillows(), Image.open(io.BytesIO(data)) as im:
             fmt, (width, height) = im.format or "", im.size
+    except UnidentifiedImageError:  # Pillow's message names only its in-memory buffer
+        raise ImageRefused(f"{name}: not a decodable image (no image format recognised)") from None
     except Exception as e:
         raise ImageRefused(f"{name}: not a decodable image ({type(e).__name__}: {e})") from None
     if width * height > limit:

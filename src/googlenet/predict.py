@@ -31,9 +31,10 @@ def expand_paths(paths: list[str]) -> Iterator[tuple[str, str | None]]:
     """(file, error) for each given file and each image file under each given folder, sorted."""
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    yield str(f), None
+            images = [f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+            yield from ((str(f), None) for f in images)
+            if not images:
+                yield str(p), f"a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})"
         elif p.is_file():
             yield str(p), None
         else:

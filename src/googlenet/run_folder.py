@@ -72,13 +72,25 @@ class RunFolder:
                 f"{self.path} holds a run already; continue it with --resume {self.path}, "
                 "start afresh with --overwrite, or choose another --out"
             )
+        created = not self.path.exists()
         self.create()
-        with _exclusive_lock(self.path / LOCK):
-            remove_stale_temporaries(self.path)
-            if overwrite and not resume:
-                for name in RUN_FILES:
-                    (self.path / name).unlink(missing_ok=True)
-            yield
+        try:
+            with _exclusive_lock(self.path / LOCK):
+                remove_stale_temporaries(self.path)
+                if overwrite and not resume:
+                    for name in RUN_FILES:
+                        (self.path / name).unlink(missing_ok=True)
+                yield
+        finally:
+            if created:
+                self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """Remove the folder this run made if it failed before writing anything (bad data, a bad flag)."""
+        if {p.name for p in self.path.iterdir()} <= {LOCK}:
+            (self.path / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     def write_config(self, config: dict[str, Any]) -> None:
         _write_text(self.config_path, json.dumps(config, indent=2) + "\n")

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from googlenet import distributed as D
 from googlenet.batches import FolderSource, InMemorySource, folder_crop_spec
-from googlenet.data import FASHION_MNIST_CLASSES, DataError, ImageFolderDataset, load_fashion_mnist
+from googlenet.data import FASHION_MNIST_CLASSES, DataError, ImageFolderDataset, ImageFolderIndex, load_fashion_mnist
 from googlenet.pack import open_split
 from googlenet.preprocessing import (
     FASHION_MNIST_MEAN,
@@ -71,11 +71,23 @@ def _fashion_mnist(cfg: TrainConfig, device: torch.device, dist: D.DistInfo, nor
     return TrainData(train, val, list(FASHION_MNIST_CLASSES), pre)
 
 
+def check_trainable(index: ImageFolderIndex, split: Path) -> None:
+    """Refuse, before any work, classes that cannot train a classifier: fewer than two, or one without
+    images (its output would never be trained, yet the run would report success)."""
+    if len(index.classes) < 2:
+        raise DataError(f"{split}: {len(index.classes)} class {index.classes}; a classifier needs at least two")
+    counts = torch.bincount(torch.as_tensor(index.labels), minlength=len(index.classes)).tolist()
+    empty = [name for name, n in zip(index.classes, counts) if n == 0]
+    if empty:
+        raise DataError(f"{split}: no image files of class {', '.join(map(repr, empty[:5]))}")
+
+
 def _image_folder(cfg: TrainConfig, device: torch.device, dist: D.DistInfo, norm: Normalisation) -> TrainData:
     root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(f"--data {cfg.data!r}: not 'fashion-mnist' and not a folder")
     train_index = open_split(root, "train")  # a pack written by `googlenet prepare`, or the folder
+    check_trainable(train_index, root / "train")
     val_index = open_split(root, "val", train_index.classes)
     if (s := _subset(len(train_index.files), cfg.train_subset, cfg.seed)) is not None:
         train_index = train_index.subset(s.tolist())

@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from googlenet.checkpoint import CheckpointError, build_checkpoint, save_checkpoint, strip_wrapper_prefixes
+from googlenet.checkpoint import (
+    CheckpointError,
+    build_checkpoint,
+    load_data,
+    save_checkpoint,
+    state_dict_mismatch,
+    strip_wrapper_prefixes,
+)
 from googlenet.config import option
 from googlenet.files import check_output
 from googlenet.model import GoogLeNet, create_model
@@ -56,8 +63,9 @@ def torchvision_to_model(state_dict: dict[str, Tensor]) -> GoogLeNet:
     model = create_model("googlenet_bn", num_classes=num_classes, aux_logits=False, transform_input=True)
     try:
         model.load_state_dict(main, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"torchvision weights do not fit googlenet_bn: {str(e).splitlines()[0]}") from None
+    except RuntimeError:
+        mismatch = state_dict_mismatch(model, main)
+        raise CheckpointError(f"torchvision weights do not fit googlenet_bn: {mismatch}") from None
     return model.eval()
 
 
@@ -66,10 +74,7 @@ def import_torchvision(path: str | Path, out: str | Path) -> GoogLeNet:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({str(e).splitlines()[0]})") from None
+    state = load_data(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
