@@ -194,7 +194,7 @@ def test_commands_write_pngs_and_say_where(tmp_path, capsys):
         "dream.png": ["dream", str(image), "--octaves", "2", "--steps", "2"],
         "viz.png": ["visualize", "--layer", "inception_3a/output", "--channel", "3", "--steps", "2", "--size", "32"],
         "grid.png": ["visualize", "--channels", "0-3", "--steps", "2", "--size", "32"],
-        "cam.png": ["explain", str(image)],
+        "cam.png": ["explain", str(image), "--layer", "inception3b"],  # inception5b is 1 x 1 at 48 px
         "sal.png": ["explain", str(image), "--method", "saliency", "--target", "c4"],
     }
     for name, args in runs.items():
@@ -213,6 +213,26 @@ def test_an_unknown_layer_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(args) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("googlenet: error: unknown layer") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "--layer inception5b: Grad-CAM needs spatial maps, and its output is [1, 1024, 1, 1] at this"),
+        (["--layer", "fc"], "--layer fc: Grad-CAM needs spatial maps, and its output is [1, 2]"),
+        (["--layer", "pool5"], "--layer pool5: Grad-CAM needs spatial maps, and its output is [1, 1024]"),
+        (["--method", "saliency", "--layer", "conv1"], "--layer is Grad-CAM's; --method saliency attributes to"),
+    ],
+)
+def test_explain_refuses_a_layer_it_cannot_use(tmp_path, capsys, args, message):
+    pytest.importorskip("pytorch_grad_cam")
+    ckpt = make_checkpoint(tmp_path / "m.pt", ["a", "b"], img_size=48, variant="googlenet")
+    image = write_image(tmp_path / "in.png", class_image(0, 0, size=(56, 64)))
+    out = tmp_path / "cam.png"
+    assert cli.main(["explain", str(image), "--checkpoint", str(ckpt), "--out", str(out), *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"googlenet: error: {message}") and "\n" not in err, err
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------- attribution on a trained model

@@ -26,7 +26,7 @@ from googlenet.config import ConfigError, option
 from googlenet.devices import DEVICE_CHOICES, resolve_device
 from googlenet.files import check_output
 from googlenet.image_decode import decode_rgb
-from googlenet.layers import resolve_layer
+from googlenet.layers import layer_output, resolve_layer
 
 METHODS = ("gradcam", "integrated-gradients", "saliency")
 GRADCAM_LAYER = "inception5b"
@@ -63,6 +63,13 @@ def attribution_map(
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        with torch.no_grad():
+            maps = layer_output(model, layer, x)
+        if maps.dim() != 4 or min(maps.shape[-2:]) < 2:  # a 1 x 1 map can only paint the image one colour
+            raise ConfigError(
+                f"--layer {layer}: Grad-CAM needs spatial maps, and its output is {list(maps.shape)} at this input "
+                "size; choose an earlier layer (inception4e, inception3b)"
+            )
         module, _ = resolve_layer(model, layer)
         with GradCAM(model=model, target_layers=[module]) as cam:
             heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])  # [1, H, W], scaled to [0, 1]
@@ -142,6 +149,8 @@ class ExplainConfig:
 
     def validate(self) -> None:
         require_extra()
+        if self.method != "gradcam" and self.layer != GRADCAM_LAYER:
+            raise ConfigError(f"--layer is Grad-CAM's; --method {self.method} attributes to the input pixels")
         check_output(self.out, [self.image, self.checkpoint], flag="--out")
 
 
