@@ -351,6 +351,16 @@ def test_predict_cli_reports_bad_files_and_predicts_the_rest(image_folder, tmp_p
     assert result.stderr.count("\n") == 1 and "broken.jpg" in result.stderr
 
 
+def test_paths_after_options_join_the_paths_and_unknown_options_are_still_refused(image_folder, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "a.pt", ["class_0", "class_1", "class_2"])
+    first, second = sorted((image_folder / "val" / "class_1").iterdir())[:2]
+    assert cli.main(["predict", "--checkpoint", str(ckpt), str(first), "--top-k", "1", str(second)]) == 0
+    assert [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines()] == [str(first), str(second)]
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["predict", "--checkpoint", str(ckpt), str(first), "--top-k", "1", str(second), "--bogus"])
+    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_export_cli_writes_a_checked_onnx(tmp_path):
     ckpt = make_checkpoint(tmp_path / "a.pt", ["a", "b"], img_size=40)
     result = run_cli("export", "--checkpoint", str(ckpt), "--onnx", str(tmp_path / "m.onnx"))

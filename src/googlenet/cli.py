@@ -113,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that paths after options join the command's list of paths.
+
+    argparse ends a positional list at the first option after it, so ``predict a.jpg --top-k 3 b.jpg`` would
+    refuse ``b.jpg``; its intermixed parsing, which would not, cannot be used with sub-commands.
+    """
+    args, extra = parser.parse_known_args(argv)
+    field = C.positional_list(COMMANDS[args.command].config)
+    unknown = [a for a in extra if a.startswith("-")] if field else extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        setattr(args, field, [*getattr(args, field, []), *extra])
+    return args
+
+
 def resolve_config(command: str, args: argparse.Namespace) -> Any:
     """The command's config from its --config file and flags; ``train --resume`` starts from the run's own."""
     cls = COMMANDS[command].config
@@ -144,8 +160,7 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(build_parser(), argv)
     # Our progress at INFO; libraries' only from WARNING (the ONNX exporter narrates every pass at INFO).
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)

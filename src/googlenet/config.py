@@ -199,6 +199,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(_flag(f), action="append" if is_list else "store", **kwargs)
 
 
+def positional_list(cls: type) -> str | None:
+    """The name of ``cls``'s positional list field (``predict``'s paths), if it has one."""
+    for f in _fields(cls):
+        if f.metadata.get("positional") and _base_type(_field_types(cls)[f.name])[2]:
+            return f.name
+    return None
+
+
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` that were given on the command line (an empty positional list is not given)."""
     names = {f.name for f in _fields(cls)}
