@@ -104,12 +104,15 @@ def test_eval_and_predict_commands_take_an_onnx_file(exported):
         assert status == 0 and len(rows) == 12 and rows[0]["top_k"][0]["class"] in CLASSES, err
 
 
-def test_agreement_below_the_threshold_is_an_error_and_writes_nothing(exported, tmp_path):
+def test_agreement_below_the_threshold_is_an_error_and_writes_nothing(exported, tmp_path, monkeypatch):
+    from googlenet import quantize
+
+    monkeypatch.setattr(quantize, "agreement", lambda *args: 75.0)  # as if int8 changed one of 4 answers
     out = tmp_path / "q.onnx"
-    args = ["--int8", "--calibrate", exported["data"], "--calibration-images", 4, "--min-agreement", 101]
+    args = ["--int8", "--calibrate", exported["data"], "--calibration-images", 4, "--min-agreement", 98]
     status, stdout, err = run("export", "--checkpoint", exported["ckpt"], "--onnx", out, *args)
-    assert status == 1 and "int8 top-1 agreement" in stdout
-    assert err.count("\n") == 1 and "below --min-agreement 101%; nothing written" in err, err
+    assert status == 1 and "int8 top-1 agreement with the float model: 75.00%" in stdout
+    assert err.count("\n") == 1 and "75.00% of 4 calibration images, below --min-agreement 98%" in err, err
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
 
 

@@ -130,16 +130,18 @@ def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: {load_failure(e)}") from None
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: {load_failure(e, zipped)}") from None
 
 
-def load_failure(e: Exception) -> str:
-    """Why torch could not load a file as data, in words that name the file's problem."""
-    text = str(e)
-    code = re.search(r"\bGLOBAL ([\w.]+)", text)  # torch names the callable it refused to import
+def load_failure(e: Exception, zipped: bool) -> str:
+    """Why torch could not load a file as data, in words that name the file's problem; ``zipped``: the file
+    starts as torch.save's zip archives do."""
+    code = re.search(r"\bGLOBAL ([\w.]+)", str(e))  # torch names the callable it refused to import
     if code:
         return f"refused: it names Python code ({code[1]}) to run while loading; files are read as data only"
-    if "zip archive" in text:
+    if zipped:  # miniz reports a cut archive in several ways, an OSError among them
         return "not a readable PyTorch file (damaged or truncated)"
     return "not a readable PyTorch file"
 
