@@ -19,7 +19,7 @@ from PIL import Image
 
 from googlenet import cli, train
 from googlenet.batches import decode_batch
-from googlenet.checkpoint import read_checkpoint
+from googlenet.checkpoint import CheckpointError, load_data, read_checkpoint
 from googlenet.config import ConfigError
 from googlenet.data import IMAGE_EXTENSIONS, DataError, _read_idx, scan_split
 from googlenet.files import remove_stale_temporaries, replacing
@@ -514,3 +514,10 @@ def test_every_command_answers_bad_arguments_with_one_line(tmp_path, capsys):
         assert code == 1, (args, err)
         assert len(err) == 1 and err[0].startswith("googlenet: error:") and message in err[0], (args, err)
         assert "Traceback" not in err[0]
+
+
+def test_a_file_torch_cannot_open_is_named_in_one_line(tmp_path):
+    # load_data sniffs a failed file's first bytes for its message; a path that cannot be opened at all
+    # (here a folder) must still end in the one-line error, not in the sniffing's own OSError
+    with pytest.raises(CheckpointError, match=r"^\S+: not a readable PyTorch file$"):
+        load_data(tmp_path)

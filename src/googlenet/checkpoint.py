@@ -130,9 +130,16 @@ def load_data(path: str | Path, map_location: str | torch.device = "cpu") -> Any
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        raise CheckpointError(f"{path}: {load_failure(e, starts_as_zip(path))}") from None
+
+
+def starts_as_zip(path: str | Path) -> bool:
+    """Whether the file begins as torch.save's zip archives do; False where it cannot be read at all."""
+    try:
         with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
-        raise CheckpointError(f"{path}: {load_failure(e, zipped)}") from None
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def load_failure(e: Exception, zipped: bool) -> str:
